@@ -1,0 +1,92 @@
+"""How fast create_dataset.py builds the SQuAD v2 chat dataset from the 11,873 dev questions (goal: < 10 s on 2 cores).
+
+    python benchmarks/bench_dataset.py [--repeats 3]
+
+Baseline, in the same run: the usual datasets recipe (flat rows → Dataset.map with a per-row formatting function,
+as the original llama-squad did), on the same questions with the same prompts. Prints seconds and the ratio.
+"""
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+DEV = REPO.parent / "shared" / "data" / "squad_v2" / "dev-v2.0.json"
+
+
+def ours(tmp: Path) -> int:
+    from llama_squad.io import atomic_path
+    from llama_squad.tasks.squad_v2 import Arguments, build_dataset
+
+    dataset = build_dataset(Arguments(task="squad_v2", output_dir="", train_file=str(DEV), test_articles="25:35"))
+    with atomic_path(tmp / "ours", is_dir=True) as out:
+        dataset.save_to_disk(str(out))
+    return sum(len(s) for s in dataset.values())
+
+
+def baseline(tmp: Path) -> int:
+    import json
+
+    from datasets import Dataset
+
+    from llama_squad.tasks.squad_v2 import DEFAULT_SYSTEM_PROMPT, Record, build_messages
+
+    data = json.loads(DEV.read_text())["data"]
+    rows = [
+        {"id": qa["id"], "title": a["title"], "context": p["context"], "question": qa["question"],
+         "answers": [x["text"] for x in qa["answers"]], "article": i}
+        for i, a in enumerate(data) for p in a["paragraphs"] for qa in p["qas"]
+    ]  # fmt: skip
+
+    def fmt(row):
+        record = Record(
+            row["id"], row["title"], row["context"], row["question"], tuple(row["answers"]), row["article"]
+        )
+        prompt, completion = build_messages(record, "single_turn", DEFAULT_SYSTEM_PROMPT)
+        return {"prompt": prompt, "completion": completion}
+
+    dataset = Dataset.from_list(rows).map(fmt)
+    dataset.save_to_disk(str(tmp / "baseline"))
+    return len(dataset)
+
+
+def timed(fn, repeats: int) -> tuple[float, int]:
+    times, n = [], 0
+    for _ in range(repeats):
+        with tempfile.TemporaryDirectory() as tmp:
+            start = time.perf_counter()
+            n = fn(Path(tmp))
+            times.append(time.perf_counter() - start)
+    return min(times), n
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    if not DEV.exists():
+        print(f"{DEV} not found: this benchmark needs ../shared/data beside the checkout", file=sys.stderr)
+        return 1
+    import logging
+
+    logging.disable(logging.WARNING)
+    from datasets.utils.logging import disable_progress_bar
+
+    disable_progress_bar()
+    base_s, base_n = timed(baseline, args.repeats)
+    ours_s, ours_n = timed(ours, args.repeats)
+    print(f"questions                 {ours_n} (baseline {base_n})")
+    print(f"baseline (Dataset.map)    {base_s:6.2f} s  {base_n / base_s:8.0f} questions/s")
+    print(f"create_dataset (ours)     {ours_s:6.2f} s  {ours_n / ours_s:8.0f} questions/s  (goal < 10 s)")
+    print(
+        f"speed-up                  {base_s / ours_s:6.2f}x  (best of {args.repeats}, includes reading, "
+        f"validating, splitting and saving)"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,118 @@
+"""How fast the MultiWOZ slot-level dataset builds from the 1,000 test dialogues (7,372 turns × 30 slots = 221,160
+questions, histories fitted to --max_length tokens; goal: < 30 s on 2 cores).
+
+    python benchmarks/bench_dst_dataset.py [--max_length 1024] [--baseline_dialogues 100] [--repeats 1]
+
+Baseline, in the same run: the naive recipe that renders and tokenizes the whole chat of every (turn, slot) example
+with the chat template, dropping the oldest utterance and tokenizing again until it fits, then Dataset.from_list.
+It is timed on the first --baseline_dialogues dialogues (it is slow), and so is ours, for the ratio; ours alone is
+also timed on all 1,000. Ours measures each utterance once per dialogue and each question's fixed part once, so a
+turn costs a prefix-sum lookup per slot; only examples within a few tokens of the budget are counted exactly.
+"""
+
+import argparse
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+TEST = REPO.parent / "shared" / "data" / "multiwoz21" / "test.json.zip"
+SMOLLM2 = REPO.parent / "shared" / "tokenizers" / "smollm2-135m-instruct"
+
+
+def ours(dialogues, questions, counter, max_length: int):
+    from llama_squad.tasks.common import DEFAULT_SYSTEM_PROMPT
+    from llama_squad.tasks.multiwoz import build_split
+
+    dataset, _ = build_split(
+        dialogues, questions, system_prompt=DEFAULT_SYSTEM_PROMPT, max_length=max_length, counter=counter
+    )
+    return dataset
+
+
+def baseline(dialogues, questions, counter, max_length: int):
+    from datasets import Dataset
+
+    from llama_squad.tasks.common import DEFAULT_SYSTEM_PROMPT
+    from llama_squad.tasks.multiwoz import TRUNCATION_MARKER, build_messages, history_lines, target_of
+
+    rows = []
+    for dialogue in dialogues:
+        lines = history_lines(dialogue)
+        for turn, (position, state) in enumerate(zip(dialogue.user_positions, dialogue.states, strict=True)):
+            for q in questions:
+                target = target_of(q, state)
+                start = 0
+                while True:
+                    history = (TRUNCATION_MARKER if start else "") + "".join(lines[start : position + 1])
+                    prompt, completion = build_messages(history, q, target, DEFAULT_SYSTEM_PROMPT)
+                    if counter.chat(prompt + completion) <= max_length or start == position:
+                        break
+                    start += 1
+                did = dialogue.dialogue_id
+                rows.append(
+                    {"id": f"{did}/{turn}/{q.name}", "task": "multiwoz", "prompt": prompt, "completion": completion,
+                     "question": q.text, "answers": list(state.get(q.name, ())), "dialogue_id": did, "turn": turn,
+                     "domain": q.domain, "slot": q.name}
+                )  # fmt: skip
+    return Dataset.from_list(rows)
+
+
+def timed(fn, repeats: int, *args) -> tuple[float, object]:
+    best, result = float("inf"), None
+    for _ in range(repeats):
+        start = time.perf_counter()
+        result = fn(*args)
+        best = min(best, time.perf_counter() - start)
+    return best, result
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--max_length", type=int, default=1024)
+    parser.add_argument("--baseline_dialogues", type=int, default=100)
+    parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--tokenizer", default=str(SMOLLM2) if SMOLLM2.exists() else "embedded")
+    args = parser.parse_args()
+    if not TEST.exists():
+        print(f"{TEST} not found: this benchmark needs ../shared/data beside the checkout", file=sys.stderr)
+        return 1
+    import logging
+
+    logging.disable(logging.WARNING)
+    from datasets.utils.logging import disable_progress_bar
+
+    disable_progress_bar()
+    from llama_squad.tasks.multiwoz import default_slots, load_token_counter, make_questions, read_dialogues
+
+    counter = load_token_counter(args.tokenizer)
+    questions = make_questions(default_slots(), "slot", False)
+    read_s, dialogues = timed(read_dialogues, 1, TEST)
+    subset = dialogues[: args.baseline_dialogues]
+
+    base_s, base = timed(baseline, args.repeats, subset, questions, counter, args.max_length)
+    sub_s, sub = timed(ours, args.repeats, subset, questions, counter, args.max_length)
+    assert base["prompt"] == sub["prompt"] and base["completion"] == sub["completion"], "not the same examples"
+    full_s, full = timed(ours, args.repeats, dialogues, questions, counter, args.max_length)
+    with tempfile.TemporaryDirectory() as tmp:
+        save_s, _ = timed(full.save_to_disk, 1, tmp)
+
+    turns = sum(len(d.states) for d in dialogues)
+    print(f"dialogues / turns / questions  {len(dialogues)} / {turns} / {len(full)}  (--max_length {args.max_length})")
+    print(f"read test.json.zip             {read_s:6.2f} s")
+    print(f"ours, all dialogues            {full_s:6.2f} s  {len(full) / full_s:8.0f} questions/s  (goal < 30 s)")
+    print(f"  + read                       {read_s + full_s:6.2f} s   (save_to_disk: {save_s:.2f} s more)")
+    print(f"first {len(subset)} dialogues ({len(sub)} questions, identical examples):")
+    print(f"  baseline (re-tokenize each)  {base_s:6.2f} s  {len(base) / base_s:8.0f} questions/s")
+    print(f"  ours                         {sub_s:6.2f} s  {len(sub) / sub_s:8.0f} questions/s")
+    print(f"  speed-up                     {base_s / sub_s:6.1f}x  (best of {args.repeats})")
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"peak memory of this process    {peak_mb:6.0f} MB (Linux)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

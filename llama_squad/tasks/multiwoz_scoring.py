@@ -1,0 +1,270 @@
+"""MultiWOZ DST scoring: value normalization (strict and fuzzy), slot matching and the run's DST metrics.
+
+Strict matching is the headline; fuzzy matching is reported beside it. Both are fixed rules written here, never
+derived from data. A slot is *set* when its gold list of values is non-empty; the prediction of a slot is *empty*
+when the model answered ``"?"`` or ``""``, or when no answer could be recovered from its output.
+
+Strict normalization (:func:`normalize_value`): lower case; surrounding whitespace stripped and inner runs of
+whitespace collapsed to one space; a time ``H:MM`` zero-padded to ``HH:MM`` ("9:30" → "09:30"). A prediction is
+strictly right when its normalized form equals that of any gold alternative (MultiWOZ 2.2 lists several; 2.1's
+``a|b`` values are read as alternatives too), or when both the prediction and the gold are empty.
+
+Fuzzy normalization (:func:`fuzzy_value`), on top of the strict one:
+
+- "dontcare" spellings: dont care, don't care, do n't care, do not care, doesn't matter, does not matter,
+  no preference, any → dontcare; "none" and "not mentioned" → empty (not set);
+- times: 12-hour clock and dots ("5:45pm", "5.45 pm", "5 pm" → "17:45", "17:45", "17:00"; "noon" → "12:00"), and a
+  leading after/before/by/at/around/about dropped ("after 15:45" → "15:45");
+- counts: number words one..ten → digits, and a trailing unit dropped ("2 people", "3 nights", "4 stars" → "2"...);
+- parking and internet: "free" → "yes" (MultiWOZ 2.1 uses both for the same fact);
+- names: "&" → "and", "center" → "centre", a few well-known misspellings (:data:`FUZZY_SPELLINGS`), a leading
+  "the" dropped, and finally every character that is not a letter, digit or ":" removed, so that spacing and
+  punctuation variants agree ("guest house" / "guesthouse", "night club" / "nightclub", "christ's" / "christs",
+  "alpha-milton" / "alpha milton").
+"""
+
+import re
+from collections import Counter
+
+import pandas as pd
+
+NO_VALUE = "?"
+DONTCARE = "dontcare"
+
+# The 5 domains and their 30 tracked slots (MultiWOZ 2.2 names): the standard DST evaluation set. Hospital, police
+# and bus are left out, as in the literature.
+DOMAINS = ("attraction", "hotel", "restaurant", "taxi", "train")
+SLOT_NAMES = (
+    "attraction-area", "attraction-name", "attraction-type",
+    "hotel-area", "hotel-bookday", "hotel-bookpeople", "hotel-bookstay", "hotel-internet", "hotel-name",
+    "hotel-parking", "hotel-pricerange", "hotel-stars", "hotel-type",
+    "restaurant-area", "restaurant-bookday", "restaurant-bookpeople", "restaurant-booktime", "restaurant-food",
+    "restaurant-name", "restaurant-pricerange",
+    "taxi-arriveby", "taxi-departure", "taxi-destination", "taxi-leaveat",
+    "train-arriveby", "train-bookpeople", "train-day", "train-departure", "train-destination", "train-leaveat",
+)  # fmt: skip
+
+# Gold values that mean "not set" in MultiWOZ 2.1/2.4 belief states (compared lower-cased).
+EMPTY_GOLD_VALUES = frozenset({"", "none", "not mentioned"})
+# Gold spellings of "dontcare" (compared lower-cased) read as "dontcare".
+DONTCARE_GOLD_VALUES = frozenset({"dontcare", "dont care", "don't care", "do n't care", "do not care"})
+
+_WHITESPACE = re.compile(r"\s+")
+_SHORT_TIME = re.compile(r"^(\d{1,2}):(\d{2})$")
+
+FUZZY_DONTCARE = DONTCARE_GOLD_VALUES | {"doesn't matter", "does not matter", "no preference", "any"}
+FUZZY_EMPTY = frozenset({"", NO_VALUE, "none", "not mentioned"})
+NUMBER_WORDS = {
+    "zero": "0", "one": "1", "two": "2", "three": "3", "four": "4", "five": "5", "six": "6", "seven": "7",
+    "eight": "8", "nine": "9", "ten": "10",
+}  # fmt: skip
+# Common misspellings of MultiWOZ values (general English spelling fixes, not a list of test-set answers).
+FUZZY_SPELLINGS = {
+    "center": "centre",
+    "portugese": "portuguese",
+    "mediteranean": "mediterranean",
+    "asain": "asian",
+    "gueshouse": "guesthouse",
+    "moderately": "moderate",
+    "mutliple sports": "multiple sports",
+    "pool": "swimming pool",
+}
+YES_NO_SLOTS = frozenset({"hotel-parking", "hotel-internet"})
+_FUZZY_TIME = re.compile(
+    r"^(?:after|before|by|at|around|about)?\s*(\d{1,2})(?:[:.](\d{2}))?\s*(am|pm|a\.m\.|p\.m\.)?$"
+)
+_COUNT = re.compile(r"^(\d+)\s+(?:people|persons?|nights?|days?|stars?|tickets?)$")
+_NOT_ALNUM = re.compile(r"[^a-z0-9:]+")
+
+
+# ---------------------------------------------------------------------------------------------------- values
+
+
+def normalize_value(value: str) -> str:
+    """Strict form of a slot value: lower case, whitespace collapsed, ``H:MM`` → ``HH:MM``; ``"?"`` → ``""``."""
+    text = _WHITESPACE.sub(" ", value.lower()).strip()
+    if text == NO_VALUE:
+        return ""
+    match = _SHORT_TIME.match(text)
+    if match and len(match.group(1)) == 1:
+        return f"0{text}"
+    return text
+
+
+def _fuzzy_time(text: str) -> str | None:
+    """``HH:MM`` of a time written loosely ("5:45pm", "after 9.30"), or None when ``text`` is not a time."""
+    if text in ("noon", "midday"):
+        return "12:00"
+    if text == "midnight":
+        return "00:00"
+    match = _FUZZY_TIME.match(text)
+    if match is None:
+        return None
+    hours, minutes, meridiem = match.groups()
+    if minutes is None and meridiem is None:
+        return None  # a bare number is a count, not a time
+    h, m = int(hours), int(minutes or 0)
+    if meridiem:
+        if h < 1 or h > 12:
+            return None
+        h = h % 12 + (12 if meridiem.startswith("p") else 0)
+    if h > 23 or m > 59:
+        return None
+    return f"{h:02d}:{m:02d}"
+
+
+def fuzzy_value(value: str, slot: str = "") -> str:
+    """Lenient form of a slot value (module docstring): equal forms count as the same value; ``""`` is not set."""
+    text = normalize_value(value)
+    if text in FUZZY_EMPTY:
+        return ""
+    if text in FUZZY_DONTCARE:
+        return DONTCARE
+    time = _fuzzy_time(text)
+    if time is not None:
+        return time
+    text = NUMBER_WORDS.get(text, text)
+    match = _COUNT.match(text)
+    if match:
+        return match.group(1)
+    if slot in YES_NO_SLOTS and text == "free":
+        return "yes"
+    text = text.replace("&", " and ")
+    text = FUZZY_SPELLINGS.get(text, text)
+    text = " ".join(FUZZY_SPELLINGS.get(word, word) for word in text.split())
+    if text.startswith("the "):
+        text = text[4:]
+    return _NOT_ALNUM.sub("", text)
+
+
+def token_f1(prediction: str, gold: str) -> float:
+    """Word-overlap F1 of two strictly normalized values (both empty: 1; one empty: 0)."""
+    pred_words, gold_words = prediction.split(), gold.split()
+    if not pred_words or not gold_words:
+        return float(pred_words == gold_words)
+    common = sum((Counter(pred_words) & Counter(gold_words)).values())
+    if common == 0:
+        return 0.0
+    precision, recall = common / len(pred_words), common / len(gold_words)
+    return 2 * precision * recall / (precision + recall)
+
+
+def score_value(slot: str, prediction: str | None, gold: list[str]) -> dict:
+    """The scores of one slot: ``prediction`` (None: nothing recovered, counts as not set) against ``gold``.
+
+    Returns ``exact`` (strict match, 0/1), ``fuzzy_exact`` (fuzzy match, 0/1), ``f1`` (best word F1 over the gold
+    alternatives) and ``has_answer`` (the gold sets the slot).
+    """
+    strict = normalize_value(prediction) if prediction is not None else ""
+    if not gold:
+        return {
+            "exact": float(strict == ""),
+            "fuzzy_exact": float(prediction is None or fuzzy_value(prediction, slot) == ""),
+            "f1": float(strict == ""),
+            "has_answer": False,
+        }
+    golds = [normalize_value(g) for g in gold]
+    fuzzy = fuzzy_value(prediction, slot) if prediction is not None else ""
+    return {
+        "exact": float(strict != "" and strict in golds),
+        "fuzzy_exact": float(fuzzy != "" and any(fuzzy == fuzzy_value(g, slot) for g in gold)),
+        "f1": max(token_f1(strict, g) for g in golds),
+        "has_answer": True,
+    }
+
+
+# ---------------------------------------------------------------------------------------------------- summary
+
+
+def _pct(numerator: float, denominator: float) -> float:
+    return 100.0 * numerator / denominator if denominator else float("nan")
+
+
+def _as_bool(column: pd.Series) -> pd.Series:
+    """A 0/1, True/False or "True"/"1.0" column (as read back from CSV) as booleans."""
+    if column.dtype == bool:
+        return column
+    if column.dtype == object:
+        text = column.astype(str).str.strip()
+        return text.isin(["True", "true"]) | (pd.to_numeric(text, errors="coerce").fillna(0) >= 0.5)
+    return column.astype(float) >= 0.5
+
+
+def summarize(results: pd.DataFrame) -> dict[str, float]:
+    """The DST metrics of a run, in percent (``total``/``examples``/``turns`` are counts).
+
+    - ``jga`` / ``jga_fuzzy``: joint goal accuracy, the share of turns whose 30 slots are all right (strict /
+      fuzzy). Computed over *complete* turns only: those with a results row for each of the 30 slots
+      (``complete_turns`` of ``turns``; a run cut short by ``--limit`` leaves some turns incomplete).
+    - ``jga_<domain>``: the same over that domain's slots, on the complete turns of the dialogues whose gold state
+      sets a slot of the domain at some turn (``turns_<domain>`` of them), as in TRADE's per-domain evaluation.
+    - ``slot_accuracy`` / ``slot_accuracy_fuzzy``: share of slot rows right (every row counts, empty or not).
+    - ``slot_precision`` / ``slot_recall`` / ``slot_f1``: over non-empty values, micro-averaged: a true positive is
+      a non-empty prediction that matches a set gold slot; precision = TP / non-empty predictions, recall = TP / set
+      gold slots ("dontcare" is a value like any other; a wrong value is both a false positive and a false negative);
+      F1 is 0 when there is no true positive (precision is undefined, NaN, when nothing is predicted).
+    - ``value_f1``: mean word-overlap F1 of the predicted and gold values (partial credit).
+    - ``valid_json``: share of generations (distinct ``example_id``) whose output was exactly one JSON object;
+      ``answer_found``: share of slot rows for which a value could be recovered at all.
+    - ``abstain_precision``: share of "?" answers given to unset slots; ``abstain_recall``: share of unset slots
+      answered "?".
+    """
+    n = len(results)
+    if n == 0:
+        return {"total": 0}
+    exact = _as_bool(results["exact"])
+    fuzzy = _as_bool(results["fuzzy_exact"]) if "fuzzy_exact" in results else exact
+    has_answer = _as_bool(results["has_answer"])
+    abstained = _as_bool(results["abstained"])
+    predicted = ~results["parsed_answer"].astype(str).str.strip().isin(["", NO_VALUE])
+    true_positives = int((exact & has_answer & predicted).sum())
+    precision = _pct(true_positives, int(predicted.sum()))
+    recall = _pct(true_positives, int(has_answer.sum()))
+    if true_positives:
+        f1 = 2 * precision * recall / (precision + recall)
+    else:  # no predicted or no gold values at all: no true positive, F1 0 (undefined only with neither)
+        f1 = 0.0 if predicted.any() or has_answer.any() else float("nan")
+
+    frame = pd.DataFrame(
+        {
+            "dialogue_id": results["dialogue_id"].astype(str),
+            "turn": results["turn"].astype(str),
+            "slot": results["slot"].astype(str),
+            "domain": results["slot"].astype(str).str.split("-", n=1).str[0],
+            "exact": exact,
+            "fuzzy": fuzzy,
+            "has_answer": has_answer,
+        }
+    ).drop_duplicates(["dialogue_id", "turn", "slot"])
+    frame = frame[frame["slot"].isin(SLOT_NAMES)]
+    by_turn = frame.groupby(["dialogue_id", "turn"], sort=False)
+    turns = by_turn.agg(slots=("slot", "size"), exact=("exact", "all"), fuzzy=("fuzzy", "all"))
+    complete = turns[turns["slots"] == len(SLOT_NAMES)]
+    metrics = {
+        "total": n,
+        "examples": int(results["example_id"].nunique()) if "example_id" in results else n,
+        "turns": len(turns),
+        "complete_turns": len(complete),
+        "jga": _pct(int(complete["exact"].sum()), len(complete)),
+        "jga_fuzzy": _pct(int(complete["fuzzy"].sum()), len(complete)),
+        "slot_accuracy": _pct(int(exact.sum()), n),
+        "slot_accuracy_fuzzy": _pct(int(fuzzy.sum()), n),
+        "slot_precision": precision,
+        "slot_recall": recall,
+        "slot_f1": f1,
+        "value_f1": 100.0 * float(pd.to_numeric(results["f1"]).mean()),
+    }
+    complete_keys = set(complete.index)
+    mentioned = frame[frame["has_answer"]].groupby("domain")["dialogue_id"].agg(set)
+    for domain in DOMAINS:
+        rows = frame[(frame["domain"] == domain) & frame["dialogue_id"].isin(mentioned.get(domain, set()))]
+        per_turn = rows.groupby(["dialogue_id", "turn"], sort=False)["exact"].all()
+        per_turn = per_turn[[key in complete_keys for key in per_turn.index]]
+        metrics[f"jga_{domain}"] = _pct(int(per_turn.sum()), len(per_turn))
+        metrics[f"turns_{domain}"] = len(per_turn)
+    generations = results.drop_duplicates("example_id") if "example_id" in results else results
+    metrics["valid_json"] = _pct(int(_as_bool(generations["valid_json"]).sum()), len(generations))
+    metrics["answer_found"] = _pct(int(_as_bool(results["answer_found"]).sum()), n)
+    metrics["abstain_precision"] = _pct(int((abstained & ~has_answer).sum()), int(abstained.sum()))
+    metrics["abstain_recall"] = _pct(int((abstained & ~has_answer).sum()), int((~has_answer).sum()))
+    return metrics

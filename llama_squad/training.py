@@ -1,0 +1,140 @@
+"""Fine-tuning with TRL's SFTTrainer: answer-only labels, LoRA/QLoRA, checkpoints and resume, loss plots."""
+
+import dataclasses
+import logging
+import os
+from pathlib import Path
+
+import yaml
+
+from llama_squad.config import ModelArguments, ScriptArguments, TrainConfig
+from llama_squad.io import InputError, atomic_write_text
+
+logger = logging.getLogger(__name__)
+
+RUN_CONFIG = "run_config.yaml"
+
+
+def validate(model_args: ModelArguments, script_args: ScriptArguments, config: TrainConfig) -> None:
+    """Check the options together before any long work; raise once, naming every problem and its flag."""
+    problems = []
+    if not (Path(script_args.dataset_path) / "dataset_dict.json").exists():
+        problems.append(
+            f"--dataset_path {script_args.dataset_path}: not a dataset written by create_dataset.py "
+            "(no dataset_dict.json): run create_dataset.py first"
+        )
+    if model_args.quantization not in (None, "4bit", "8bit"):
+        problems.append(f"--quantization {model_args.quantization}: choose 4bit or 8bit")
+    if model_args.quantization and not model_args.use_peft:
+        problems.append("--quantization needs --use_peft: a quantized model can only be trained through an adapter")
+    if config.max_length is None or config.max_length < 16:
+        problems.append(f"--max_length {config.max_length}: give the longest example length in tokens (e.g. 1024)")
+    if (config.padding_free or config.packing) and not str(model_args.attn_implementation).startswith(
+        "flash_attention"
+    ):
+        problems.append(
+            "--padding_free and --packing need --attn_implementation flash_attention_2 (or 3): other kernels would "
+            "let the examples of one row attend to each other"
+        )
+    if model_args.fp16_overflow_guard and not config.fp16:
+        problems.append("--fp16_overflow_guard is for float16 training: add --fp16, or drop the guard")
+    if script_args.hub_repo_id and not model_args.use_peft:
+        problems.append("--hub_repo_id pushes the merged adapter: it needs --use_peft")
+    if problems:
+        raise ValueError("invalid options:\n  - " + "\n  - ".join(problems))
+
+
+def resolved_config(model_args, script_args, config) -> dict:
+    """Every option of the run, as plain YAML-able values."""
+    training = {k: v for k, v in config.to_dict().items() if not k.startswith("_")}
+    return {"model": dataclasses.asdict(model_args), "script": dataclasses.asdict(script_args), "training": training}
+
+
+def save_run_config(resolved: dict, output_dir: str) -> Path:
+    """Write the resolved options beside the outputs (``run_config.yaml``)."""
+    path = Path(output_dir) / RUN_CONFIG
+    atomic_write_text(path, yaml.safe_dump(resolved, sort_keys=False, default_flow_style=False))
+    return path
+
+
+def find_checkpoint(config: TrainConfig) -> str | None:
+    """The checkpoint to resume from: the one given, else the latest in output_dir; None for a fresh start."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    wanted = config.resume_from_checkpoint
+    if wanted is not None and str(wanted).lower() in ("no", "none", "false"):
+        return None
+    if wanted is not None and str(wanted).lower() not in ("latest", "true", "yes"):
+        if not Path(wanted).is_dir():
+            raise InputError(f"--resume_from_checkpoint {wanted}: no such checkpoint folder")
+        return str(wanted)
+    return get_last_checkpoint(config.output_dir) if os.path.isdir(config.output_dir) else None
+
+
+def load_training_data(script_args: ScriptArguments, tokenizer, max_length: int):
+    """Tokenized train and validation splits (answer-only labels); examples longer than max_length are dropped."""
+    from datasets import load_from_disk
+
+    from llama_squad.tokenization import tokenize_dataset
+
+    dataset = load_from_disk(script_args.dataset_path)
+    for split in ("train", "validation"):
+        if split not in dataset:
+            raise InputError(f"{script_args.dataset_path}: no {split!r} split (it has {', '.join(dataset)})")
+    train, validation = dataset["train"], dataset["validation"]
+    if script_args.max_train_examples is not None:
+        train = train.select(range(min(script_args.max_train_examples, len(train))))
+    if script_args.max_eval_examples is not None:
+        validation = validation.select(range(min(script_args.max_eval_examples, len(validation))))
+    train, dropped = tokenize_dataset(train, tokenizer, max_length)
+    if dropped:
+        logger.warning("dropped %d training examples longer than --max_length %d", dropped, max_length)
+    if len(train) == 0:
+        raise InputError(f"{script_args.dataset_path}: no training example fits --max_length {max_length}")
+    if len(validation):
+        validation, dropped = tokenize_dataset(validation, tokenizer, max_length)
+        if dropped:
+            logger.warning("dropped %d validation examples longer than --max_length %d", dropped, max_length)
+    return train, (validation if len(validation) else None)
+
+
+def lora_config(model_args: ModelArguments):
+    """The LoRA adapter: on every linear layer except the output head by default."""
+    from peft import LoraConfig
+
+    targets = model_args.lora_target_modules
+    return LoraConfig(
+        task_type="CAUSAL_LM",
+        r=model_args.lora_r,
+        lora_alpha=model_args.lora_alpha,
+        lora_dropout=model_args.lora_dropout,
+        target_modules=targets[0] if targets == ["all-linear"] else targets,
+        bias="none",
+    )
+
+
+def build_trainer(model, tokenizer, config: TrainConfig, train_dataset, eval_dataset, peft_config):
+    """TRL's SFTTrainer on our pre-tokenized examples, padded by :class:`AnswerOnlyCollator`."""
+    from trl import SFTTrainer
+
+    from llama_squad.collator import AnswerOnlyCollator
+
+    if eval_dataset is None and config.eval_strategy != "no":
+        logger.info("no validation split: validation loss is off")
+        config.eval_strategy = "no"
+    collator = None  # packing: TRL packs our input_ids + labels and its own collator reads the packed lengths
+    if not config.packing:
+        multiple = config.pad_to_multiple_of if isinstance(config.pad_to_multiple_of, int) else None
+        collator = AnswerOnlyCollator(
+            tokenizer.pad_token_id, pad_to_multiple_of=multiple, padding_free=config.padding_free
+        )
+        config.padding_free = False  # done by our collator: TRL refuses padding_free with a max_length
+    return SFTTrainer(
+        model=model,
+        args=config,
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
+        processing_class=tokenizer,
+        data_collator=collator,
+        peft_config=peft_config,
+    )

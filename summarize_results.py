@@ -1,0 +1,46 @@
+"""Summarize one or more test.py results files into one table: a row per run.
+
+    python summarize_results.py output/run1/results.csv output/run2/results.csv
+    python summarize_results.py output/*/results.csv --output summary.csv --format csv --plot summary.png
+
+SQuAD v2 columns: % valid JSON, official exact match and F1 (HasAns/NoAns split), % exact match among valid JSON,
+% correct no-answer ("?" on unanswerable questions), % correct has-answer, abstention precision and recall.
+MultiWOZ columns: joint goal accuracy (strict, and fuzzy beside it), slot accuracy and F1, per-domain JGA.
+"""
+
+import argparse
+import logging
+import sys
+
+from llama_squad.cli import setup_logging
+from llama_squad.io import InputError
+from llama_squad.summary import format_table, plot_summary, summarize_files, write_table
+
+logger = logging.getLogger("summarize_results")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("results", nargs="+", help="results.csv files written by test.py (or their folders)")
+    parser.add_argument("--output", help="also write the table to this file (.csv or .md)")
+    parser.add_argument("--format", choices=["markdown", "csv"], default="markdown", help="how to print the table")
+    parser.add_argument("--plot", help="also draw the headline metrics of every run as a bar chart (PNG)")
+    args = parser.parse_args(argv)
+    setup_logging()
+    try:
+        table = summarize_files(args.results)
+    except InputError as e:
+        logger.error("%s", e)
+        return 1
+    print(format_table(table, args.format))
+    if args.output:
+        write_table(table, args.output)
+        logger.info("wrote %s", args.output)
+    if args.plot:
+        plot_summary(table, args.plot)
+        logger.info("wrote %s", args.plot)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,229 @@
+"""train.py on a tiny random Llama with a real tokenizer: outputs, LoRA-only updates, resume, merge, recipes."""
+
+import json
+import logging
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+import train
+from llama_squad import training
+from llama_squad.stability import add_fp16_overflow_guard
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def train_argv(model_dir, data_dir, out, *extra):
+    return [
+        "--model_name_or_path", str(model_dir), "--dataset_path", str(data_dir), "--output_dir", str(out),
+        "--max_steps", "6", "--per_device_train_batch_size", "4", "--per_device_eval_batch_size", "4",
+        "--learning_rate", "5e-3", "--warmup_steps", "0", "--logging_steps", "1", "--save_steps", "2",
+        "--eval_steps", "3", "--max_length", "256", "--lora_r", "4", "--lora_alpha", "8", "--report_to", "none",
+        "--seed", "0", "--dataloader_num_workers", "0", "--disable_tqdm", "true", *extra,
+    ]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, tiny_model_dir, tiny_dataset_dir):
+    out = tmp_path_factory.mktemp("run") / "out"
+    assert train.main(train_argv(tiny_model_dir, tiny_dataset_dir, out, "--merge")) == 0
+    return out
+
+
+def test_outputs_of_a_run(trained, tiny_model_dir):
+    from transformers import AutoTokenizer
+
+    for name in ("adapter_config.json", "adapter_model.safetensors", "run_config.yaml", "README.md"):
+        assert (trained / name).exists(), name
+    assert (trained / "loss.png").read_bytes()[:4] == b"\x89PNG"
+    assert (
+        AutoTokenizer.from_pretrained(trained).chat_template
+        == AutoTokenizer.from_pretrained(tiny_model_dir).chat_template
+    )
+    config = yaml.safe_load((trained / "run_config.yaml").read_text())
+    assert config["model"]["lora_r"] == 4 and config["training"]["max_steps"] == 6
+    state = json.loads((trained / "trainer_state.json").read_text())
+    assert state["global_step"] == 6
+    assert any("eval_loss" in entry for entry in state["log_history"])
+    assert (trained / "merged" / "model.safetensors").exists() and (trained / "merged" / "README.md").exists()
+
+
+def test_merged_logits_equal_base_plus_adapter(trained, tiny_model_dir):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    ids = torch.tensor([[1, 42, 4242, 77, 900, 12]])
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    with torch.no_grad():
+        base_logits = base(ids).logits.clone()
+        adapted = PeftModel.from_pretrained(base, trained).eval()
+        adapted_logits = adapted(ids).logits
+        merged = AutoModelForCausalLM.from_pretrained(trained / "merged", dtype=torch.float32).eval()
+        merged_logits = merged(ids).logits
+    assert not torch.allclose(base_logits, adapted_logits, atol=1e-4), "the adapter changed nothing"
+    torch.testing.assert_close(merged_logits, adapted_logits, atol=1e-4, rtol=1e-4)
+
+
+def test_lora_lowers_the_loss_and_leaves_base_weights_alone(tmp_path, tiny_model_dir, tiny_dataset_dir):
+    from datasets import load_from_disk
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from llama_squad.config import ModelArguments, TrainConfig
+    from llama_squad.tokenization import tokenize_dataset
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    base_before = {k: v.clone() for k, v in model.state_dict().items()}
+    train_split = load_from_disk(str(tiny_dataset_dir))["train"].select(range(4))
+    batch, _ = tokenize_dataset(train_split, tokenizer, 256)
+    repeated = batch.select([0, 1, 2, 3] * 10)  # the same batch of 4, ten times
+    config = TrainConfig(
+        output_dir=str(tmp_path), max_steps=10, per_device_train_batch_size=4, learning_rate=1e-2,
+        warmup_steps=0, lr_scheduler_type="constant", logging_steps=1, save_strategy="no", eval_strategy="no",
+        report_to="none", shuffle_dataset=False, disable_tqdm=True, seed=0,
+    )  # fmt: skip
+    trainer = training.build_trainer(
+        model, tokenizer, config, repeated, None, training.lora_config(ModelArguments(lora_r=4, lora_alpha=8))
+    )
+    lora_before = {k: v.detach().clone() for k, v in trainer.model.named_parameters() if "lora_" in k}
+    trainer.train()
+    losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
+    assert len(losses) == 10 and losses[-1] < 0.5 * losses[0], losses
+    lora_after = dict(trainer.model.named_parameters())
+    assert lora_before and all(not torch.equal(lora_before[k], lora_after[k]) for k in lora_before if "lora_B" in k)
+    base_after = trainer.model.get_base_model().state_dict()
+    for key, value in base_before.items():
+        peft_key = next(k for k in (key, key.replace(".weight", ".base_layer.weight")) if k in base_after)
+        assert torch.equal(value, base_after[peft_key]), key
+
+
+class Crash(Exception):
+    pass
+
+
+def test_a_killed_run_resumes_and_finishes_with_the_same_steps(
+    tmp_path, tiny_model_dir, tiny_dataset_dir, monkeypatch, caplog
+):
+    from transformers import TrainerCallback
+
+    class CrashAtStep3(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step == 3:
+                raise Crash("simulated crash after step 3")
+
+    build = training.build_trainer
+
+    def crashing_build(*args, **kwargs):
+        trainer = build(*args, **kwargs)
+        trainer.add_callback(CrashAtStep3())
+        return trainer
+
+    caplog.set_level(logging.INFO)
+    out = tmp_path / "out"
+    argv = train_argv(tiny_model_dir, tiny_dataset_dir, out)
+    monkeypatch.setattr(training, "build_trainer", crashing_build)
+    with pytest.raises(Crash):
+        train.main(argv)
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-2"]
+    monkeypatch.setattr(training, "build_trainer", build)
+    assert train.main(argv) == 0
+    assert "resuming from" in caplog.text and "checkpoint-2" in caplog.text
+    state = json.loads((out / "trainer_state.json").read_text())
+    assert state["global_step"] == 6
+    assert [e["step"] for e in state["log_history"] if "loss" in e][-3:] == [4, 5, 6]
+
+
+def test_fp16_overflow_guard_clamps_infinite_hidden_states():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                         num_attention_heads=2, num_key_value_heads=1)  # fmt: skip
+    model = LlamaForCausalLM(config).to(torch.float16)
+    seen = []
+    handles = add_fp16_overflow_guard(model)
+    assert len(handles) == 2
+    model.model.layers[1].input_layernorm.register_forward_pre_hook(lambda m, args: seen.append(args[0].clone()))
+    model.model.layers[0].register_forward_hook(
+        lambda m, args, out: (
+            (out[0].fill_(float("inf")), *out[1:]) if isinstance(out, tuple) else out.fill_(float("inf"))
+        )
+    )
+    with torch.no_grad():
+        model(torch.tensor([[1, 2, 3]]))
+    assert seen and torch.isfinite(seen[0]).all()
+    assert seen[0].max().item() == torch.finfo(torch.float16).max
+    with pytest.raises(ValueError, match="no '\\*input_layernorm' modules"):
+        add_fp16_overflow_guard(torch.nn.Linear(2, 2))
+
+
+def test_options_are_checked_together(tmp_path):
+    from llama_squad.config import ModelArguments, ScriptArguments, TrainConfig
+
+    with pytest.raises(ValueError) as error:
+        training.validate(
+            ModelArguments(quantization="3bit", fp16_overflow_guard=True),
+            ScriptArguments(dataset_path=str(tmp_path / "nothing")),
+            TrainConfig(output_dir=str(tmp_path), max_length=None),
+        )
+    message = str(error.value)
+    for flag in ("--dataset_path", "--quantization 3bit", "--max_length", "--fp16_overflow_guard"):
+        assert flag in message
+
+
+def test_push_without_token_or_offline_fails_before_any_work(tmp_path, monkeypatch, tiny_model_dir, tiny_dataset_dir):
+    from llama_squad.export import HubAccessError
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    argv = train_argv(tiny_model_dir, tiny_dataset_dir, tmp_path / "out", "--hub_repo_id", "me/model")
+    with pytest.raises(HubAccessError, match="HF_HUB_OFFLINE"):
+        train.main(argv)
+    assert not (tmp_path / "out").exists()
+
+
+def recipe_types(path: Path):
+    from llama_squad.config import ModelArguments, ScriptArguments, TrainConfig
+    from llama_squad.tasks import get_task
+
+    if path.name.startswith("dataset_"):
+        return [get_task(yaml.safe_load(path.read_text())["task"]).Arguments]
+    return [ModelArguments, ScriptArguments, TrainConfig]
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_recipe_parses(path):
+    from llama_squad.cli import parse_dataclasses
+
+    types = recipe_types(path)
+    extra = [] if path.name.startswith("dataset_") else ["--use_cpu", "true"]  # GPU recipes are parsed on CPU here
+    parsed = parse_dataclasses(types, ["--config", str(path), *extra])
+    values = yaml.safe_load(path.read_text())
+    fields = {k: v for obj in parsed for k, v in vars(obj).items()}
+    for key, value in values.items():
+        assert key in fields, f"{path.name}: {key} is not an option"
+        if key not in ("report_to", "lora_target_modules", "optim", "lr_scheduler_type", "eval_strategy"):
+            assert fields[key] == value, key
+
+
+def test_unknown_recipe_keys_are_rejected(tmp_path, capsys):
+    from llama_squad.cli import parse_dataclasses
+    from llama_squad.config import ModelArguments, ScriptArguments, TrainConfig
+
+    path = tmp_path / "bad.yaml"
+    path.write_text("lora_r: 8\nlearnig_rate: 1.0e-4\n")
+    with pytest.raises(SystemExit) as exit:
+        parse_dataclasses([ModelArguments, ScriptArguments, TrainConfig], ["--config", str(path)])
+    assert exit.value.code == 2 and "learnig_rate" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("script", ["train.py", "test.py", "create_dataset.py", "summarize_results.py"])
+def test_scripts_help_exits_0(script):
+    argv = [sys.executable, str(REPO / script), "--help"]
+    if script == "create_dataset.py":
+        argv[2:2] = ["--task", "squad_v2"]
+    result = subprocess.run(argv, capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "usage" in result.stdout.lower()
