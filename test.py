@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     from llama_squad import generation, models
     from llama_squad.io import InputError
     from llama_squad.results import read_results, summarize
-    from llama_squad.summary import format_table, summarize_files
+    from llama_squad.summary import format_table, metrics_table, run_name
 
     try:
         # 1. The questions, and the model (base + adapter, merged, or the embedded default).
@@ -82,9 +82,10 @@ def main(argv: list[str] | None = None) -> int:
         logger.info("answered %d questions in %.1f s (%.2f questions/s)", answered, seconds, answered / seconds)
 
     # 3. Summarize like summarize_results.py, and save the metrics.
-    metrics = summarize(read_results(output_csv))
+    results = read_results(output_csv)
+    metrics = summarize(results)
     generation.save_metrics(metrics, Path(args.output_dir) / "metrics.json")
-    print(format_table(summarize_files([str(output_csv)])))
+    print(format_table(metrics_table({run_name(output_csv): {"task": results["task"].iloc[0], **metrics}})))
     logger.info("wrote %s and %s", output_csv, Path(args.output_dir) / "metrics.json")
     return 0
 

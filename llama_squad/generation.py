@@ -1,6 +1,5 @@
 """Batched, resumable answer generation over a dataset split, scored into one results row per question."""
 
-import json
 import logging
 import time
 from collections.abc import Iterator
@@ -52,6 +51,7 @@ class Conversation:
     follow_ups: list[dict]  # the user turns still to ask, in order
     turns_left: int
     outputs: list[str] = field(default_factory=list)
+    next_prompt: tuple[list[int], str] | None = None  # the next turn's prompt ids and prefix, when already tokenized
     prompt_tokens: int = 0
     completion_tokens: int = 0
 
@@ -121,7 +121,8 @@ class Generator:
         while active:
             batch = []
             for c in active:
-                ids, prefix = self.prompt_ids(c.messages, last_turn=c.turns_left == 1)
+                ids, prefix = c.next_prompt or self.prompt_ids(c.messages, last_turn=c.turns_left == 1)
+                c.next_prompt = None
                 batch.append((c, ids, prefix))
             outputs = self.generate([ids for _, ids, _ in batch])
             for (c, ids, prefix), (text, n) in zip(batch, outputs, strict=True):
@@ -183,14 +184,19 @@ def run_generation(
     if not todo:
         logger.info("%s already holds all %d examples", output_csv, len(examples))
         return 0, 0.0
-    lengths = [len(generator.prompt_ids(ex["prompt"], last_turn=False)[0]) for ex in todo]
+    conversations = {}
+    for ex in todo:  # tokenize each first prompt once: for sorting by length, then for generating
+        conversation = start_conversation(ex)
+        conversation.next_prompt = generator.prompt_ids(conversation.messages, last_turn=conversation.turns_left == 1)
+        conversations[ex["id"]] = conversation
+    lengths = [len(conversations[ex["id"]].next_prompt[0]) for ex in todo]
     start = time.perf_counter()
     bar = tqdm(total=len(todo), unit="q", desc="generating", disable=not progress, dynamic_ncols=True)
     done = 0
     for batch in batches_by_length(todo, lengths, batch_size):
-        conversations = [start_conversation(ex) for ex in batch]
-        generator.answer(conversations)
-        writer.write([row for c in conversations for row in results_rows(task, c)])
+        answered = [conversations.pop(ex["id"]) for ex in batch]
+        generator.answer(answered)
+        writer.write([row for c in answered for row in results_rows(task, c)])
         done += len(batch)
         bar.update(len(batch))
         bar.set_postfix(q_per_s=f"{done / (time.perf_counter() - start):.2f}")
@@ -202,7 +208,11 @@ def save_metrics(metrics: dict, path: str | Path) -> None:
     """Write the run's metrics as JSON, atomically."""
     from llama_squad.io import atomic_write_json
 
-    atomic_write_json(path, {k: (v if not isinstance(v, float) else round(v, 6)) for k, v in metrics.items()})
+    def plain(value):
+        value = value.item() if hasattr(value, "item") else value  # numpy scalars
+        return round(value, 6) if isinstance(value, float) else value
+
+    atomic_write_json(path, {key: plain(value) for key, value in metrics.items()})
 
 
 def load_examples(dataset_path: str, split: str, limit: int | None):
@@ -220,7 +230,3 @@ def load_examples(dataset_path: str, split: str, limit: int | None):
     if limit is not None:
         examples = examples.select(range(min(limit, len(examples))))
     return [dict(ex) for ex in examples]
-
-
-def describe(metrics: dict) -> str:
-    return json.dumps({k: round(v, 2) if isinstance(v, float) else v for k, v in metrics.items()})

@@ -22,20 +22,24 @@ def run_name(path: str | os.PathLike) -> str:
     return path.parent.name if path.name == "results.csv" and path.parent.name else path.stem
 
 
+def metrics_table(runs: dict[str, dict]) -> pd.DataFrame:
+    """A table of runs (name → {"task": ..., metric: value}), one row each, indexed by run name."""
+    table = pd.DataFrame(list(runs.values()), index=pd.Index(list(runs), name="run"))
+    return table.dropna(axis=1, how="all")
+
+
 def summarize_files(paths: list[str]) -> pd.DataFrame:
     """One row per results file (indexed by run name, with a ``task`` column), metric columns in a fixed order."""
-    rows, names = [], []
+    runs: dict[str, dict] = {}
     for path in paths:
         results = read_results(path)
         if results.empty:
             raise InputError(f"{path}: holds no results rows")
         name = run_name(path)
-        if name in names:  # two runs with the same folder name: tell them apart by their full path
+        if name in runs:  # two runs with the same folder name: tell them apart by their full path
             name = str(Path(path).parent if Path(path).name == "results.csv" else Path(path))
-        names.append(name)
-        rows.append({"task": results["task"].iloc[0], **summarize(results)})
-    table = pd.DataFrame(rows, index=pd.Index(names, name="run"))
-    return table.dropna(axis=1, how="all")
+        runs[name] = {"task": results["task"].iloc[0], **summarize(results)}
+    return metrics_table(runs)
 
 
 def format_table(table: pd.DataFrame, fmt: str = "markdown") -> str:

@@ -115,6 +115,7 @@ def lora_config(model_args: ModelArguments):
 
 def build_trainer(model, tokenizer, config: TrainConfig, train_dataset, eval_dataset, peft_config):
     """TRL's SFTTrainer on our pre-tokenized examples, padded by :class:`AnswerOnlyCollator`."""
+    import torch
     from trl import SFTTrainer
 
     from llama_squad.collator import AnswerOnlyCollator
@@ -129,7 +130,7 @@ def build_trainer(model, tokenizer, config: TrainConfig, train_dataset, eval_dat
             tokenizer.pad_token_id, pad_to_multiple_of=multiple, padding_free=config.padding_free
         )
         config.padding_free = False  # done by our collator: TRL refuses padding_free with a max_length
-    return SFTTrainer(
+    trainer = SFTTrainer(
         model=model,
         args=config,
         train_dataset=train_dataset,
@@ -138,3 +139,10 @@ def build_trainer(model, tokenizer, config: TrainConfig, train_dataset, eval_dat
         data_collator=collator,
         peft_config=peft_config,
     )
+    if config.fp16:
+        # TRL casts a quantized model's adapter weights to bfloat16; float16 mixed precision wants float32 master
+        # weights (and GPUs that need float16 may not have bfloat16 at all)
+        for param in trainer.model.parameters():
+            if param.requires_grad and param.dtype != torch.float32:
+                param.data = param.data.float()
+    return trainer

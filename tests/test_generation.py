@@ -114,3 +114,27 @@ def test_a_killed_run_resumes_without_losing_or_repeating_rows(tiny_model_dir, t
     after = read_results(csv)
     assert len(after) == 8 and after["id"].is_unique
     assert after.iloc[: len(before)]["raw_output"].tolist() == before["raw_output"].tolist()
+
+
+@pytest.mark.parametrize("granularity", ["slot", "domain"])
+def test_dst_runs_through_the_same_test_py(tiny_model_dir, tmp_path, granularity):
+    import create_dataset
+    from llama_squad.tasks.multiwoz_scoring import SLOT_NAMES
+
+    demo = REPO / "data" / "demo"
+    data = tmp_path / "dst"
+    argv = ["--task", "multiwoz", "--data_file", str(demo / "multiwoz_demo.json"),
+            "--val_list", str(demo / "multiwoz_demo_valListFile"), "--test_list",
+            str(demo / "multiwoz_demo_testListFile"), "--max_length", "0", "--granularity", granularity,
+            "--output_dir", str(data)]  # fmt: skip
+    assert create_dataset.main(argv) == 0
+    examples_per_turn = len(SLOT_NAMES) if granularity == "slot" else 5
+    out = tmp_path / "eval"
+    limit = 2 * examples_per_turn  # the first two turns of the first test dialogue
+    assert test_script.main(run_test_py(tiny_model_dir, data, out, "--limit", str(limit), "--batch_size", "16")) == 0
+    results = read_results(out / "results.csv")
+    assert len(results) == 2 * len(SLOT_NAMES) and results["id"].is_unique
+    assert results["example_id"].nunique() == limit
+    assert set(results["slot"]) == set(SLOT_NAMES) and results["dialogue_id"].nunique() == 1
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["complete_turns"] == 2 and 0 <= metrics["jga"] <= 100 and "jga_fuzzy" in metrics

@@ -1,0 +1,478 @@
+"""Training throughput and peak memory of our trainer against the original llama-squad recipe, in one run.
+
+    # CPU (here, 2 cores, ~3 min): a tiny random Llama with the real SmolLM2 tokenizer
+    python benchmarks/bench_train.py --model tiny --examples 128 --batch_size 8 --max_length 1024
+
+    # GPU: SmolLM2-135M-Instruct (bf16), then a random model shaped like Llama-3.2-1B (Llama-3 tokenizer);
+    # --packing adds TRL packing as a third row where flash-attn is installed
+    python benchmarks/bench_train.py --model embedded --examples 2048 --batch_size 16 --packing --json_out smollm2.json
+    python benchmarks/bench_train.py --model llama-3.2-1b-shape --examples 1024 --batch_size 8 --packing \
+        --json_out llama1b.json
+
+Data: SQuAD v2 training rows as create_dataset.py builds them (dev-v2.0.json, test articles 25:35 held out), the
+first --examples of a seeded shuffle, tokenized with answer-only labels; rows longer than --max_length are dropped
+(and counted). Every variant trains one epoch over exactly these examples, with the same model, LoRA adapter, batch
+size, seed and TrainConfig, through ``llama_squad.training.build_trainer``; only what the recipes differ in changes:
+
+    baseline  the original llama-squad recipe: every batch padded to max_length (AnswerOnlyCollator with
+              pad_to_multiple_of=max_length), random order, no packing
+    dynamic   our default: AnswerOnlyCollator pads each batch to its longest row, random order (same batches)
+    grouped   dynamic + train_sampling_strategy=group_by_length (transformers' LengthGroupedSampler: batches of
+              similar lengths), an option of train.py (TrainConfig is TRL's SFTConfig)
+    packing   (--packing, CUDA + flash-attn only) TRL packing (BFD) into rows of max_length
+
+Each variant runs in a fresh subprocess, so peak memories do not mix: --warmup_steps steps first (not timed), then
+the timed epoch, from on_train_begin to the last on_step_end (batch loading, forward, backward, optimizer step).
+Tokens/s counts non-pad tokens only (attention-mask ones): the same numerator for every variant. Peak memory is
+torch.cuda.max_memory_allocated during the timed epoch on a GPU, and the process's peak RSS (VmHWM, reset before the
+timed epoch) on the CPU; "Δ" is that peak minus the memory in use just before the epoch (activations, logits,
+optimizer state). MFU = 4 × N × non-pad tokens/s ÷ peak FLOP/s, N the parameters of the base model's linear layers
+(lm_head included): forward 2N plus backward 2N for the activations, none for the frozen weights; attention scores
+and padding are not counted. Peak FLOP/s: bf16 dense from a table of known GPUs, or --peak_tflops; n/a otherwise.
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+SHARED = REPO.parent / "shared"
+DEV = SHARED / "data" / "squad_v2" / "dev-v2.0.json"
+TOKENIZERS = SHARED / "tokenizers"
+
+MODELS = ("tiny", "embedded", "llama-3.2-1b-shape")
+VARIANTS = ("baseline", "dynamic", "grouped", "packing")
+DEFAULT_TOKENIZER = {
+    "tiny": TOKENIZERS / "smollm2-135m-instruct",
+    "llama-3.2-1b-shape": TOKENIZERS / "meta-llama-3-8b-instruct",
+}
+# Dense bf16 tensor-core peaks (TFLOP/s) by device name, most specific first.
+PEAK_BF16_TFLOPS = (("H100 PCIe", 756.0), ("H100", 989.4), ("H200", 989.4), ("H800", 989.4), ("A100", 312.0))
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", choices=MODELS, default="tiny", help="tiny: 2 layers, hidden 128 (CPU)")
+    parser.add_argument("--tokenizer", default=None, help="tokenizer folder for tiny / llama-3.2-1b-shape")
+    parser.add_argument("--examples", type=int, default=None, help="training examples (default: 128 CPU, 2048 GPU)")
+    parser.add_argument("--batch_size", type=int, default=8, help="per-device train batch size")
+    parser.add_argument("--max_length", type=int, default=1024)
+    parser.add_argument("--lora_r", type=int, default=16, help="LoRA rank (alpha = 2r), on all linear layers")
+    parser.add_argument("--warmup_steps", type=int, default=2, help="untimed steps before the timed epoch")
+    parser.add_argument("--attn_implementation", default=None, help="sdpa (default), eager, flash_attention_2")
+    parser.add_argument("--packing", action="store_true", help="add a TRL packing row (needs CUDA and flash-attn)")
+    parser.add_argument("--peak_tflops", type=float, default=None, help="peak FLOP/s of the device, for MFU")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json_out", default=None, help="also write the figures to this JSON file")
+    # Internal: one variant in this process (the parent runs each in a fresh subprocess).
+    parser.add_argument("--variant", choices=VARIANTS, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--data_dir", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--result_file", default=None, help=argparse.SUPPRESS)
+    return parser.parse_args(argv)
+
+
+def quiet() -> None:
+    import logging
+    import warnings
+
+    logging.disable(logging.WARNING)
+    warnings.filterwarnings("ignore")
+    from datasets.utils.logging import disable_progress_bar
+    from transformers.utils import logging as hf_logging
+
+    disable_progress_bar()
+    hf_logging.set_verbosity_error()
+
+
+# ---------------------------------------------------------------------------------------------------------- model
+
+
+def tokenizer_path(args) -> str:
+    if args.model == "embedded":
+        from llama_squad.models import resolve_model_path
+
+        return resolve_model_path("embedded")
+    return str(args.tokenizer or DEFAULT_TOKENIZER[args.model])
+
+
+def build_model(args, tokenizer):
+    """The model to train, in bf16 on a GPU that supports it, float32 on the CPU; random ones seeded."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from llama_squad.models import load_model, resolve_dtype, resolve_model_path
+
+    if args.model == "embedded":
+        return load_model(resolve_model_path("embedded"), attn_implementation=args.attn_implementation)
+    shape = (
+        dict(hidden_size=128, intermediate_size=512, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2)
+        if args.model == "tiny"
+        else dict(
+            hidden_size=2048,
+            intermediate_size=8192,
+            num_hidden_layers=16,
+            num_attention_heads=32,
+            num_key_value_heads=8,
+            head_dim=64,
+            rope_theta=500000.0,
+            rms_norm_eps=1e-5,
+        )
+    )
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        max_position_embeddings=max(2048, args.max_length),
+        tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        **shape,
+    )
+    if args.attn_implementation:
+        config._attn_implementation = args.attn_implementation
+    torch.manual_seed(args.seed)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    with torch.device(device):
+        model = LlamaForCausalLM(config)
+    return model.to(resolve_dtype("auto"))
+
+
+def linear_params(model) -> int:
+    """Parameters that cost 2 FLOP per token in the forward pass: the weights of every linear layer, lm_head included."""
+    import torch
+
+    return sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear))
+
+
+# ----------------------------------------------------------------------------------------------------------- data
+
+
+def prepare_data(args, folder: Path) -> dict:
+    """Tokenize the first --examples rows of a seeded shuffle of the SQuAD v2 training split into ``folder``."""
+    import statistics
+
+    from llama_squad.models import load_tokenizer
+    from llama_squad.tasks.squad_v2 import Arguments, build_dataset
+    from llama_squad.tokenization import tokenize_dataset
+
+    train = build_dataset(Arguments(task="squad_v2", output_dir="", train_file=str(DEV), test_articles="25:35"))
+    train = train["train"].shuffle(seed=args.seed)
+    train = train.select(range(min(args.examples, len(train))))
+    tokenizer = load_tokenizer(tokenizer_path(args))
+    tokenized, dropped = tokenize_dataset(train, tokenizer, args.max_length)
+    usable = len(tokenized) // args.batch_size * args.batch_size  # whole batches: one epoch = the same examples
+    if usable == 0:
+        raise SystemExit(f"--examples {args.examples}: fewer than one batch of {args.batch_size} fits --max_length")
+    tokenized = tokenized.select(range(usable))
+    tokenized.save_to_disk(str(folder))
+    lengths = [len(ids) for ids in tokenized["input_ids"]]
+    return {
+        "examples": usable,
+        "dropped_too_long": dropped,
+        "tokenizer": tokenizer_path(args),
+        "length_mean": statistics.fmean(lengths),
+        "length_median": statistics.median(lengths),
+        "length_max": max(lengths),
+    }
+
+
+# ------------------------------------------------------------------------------------------------- one variant
+
+
+class RecordingCollator:
+    """Wraps the trainer's collator and records, per batch, the non-pad tokens and the padded positions."""
+
+    def __init__(self, collator):
+        self.collator = collator
+        self.batches = []
+
+    def __call__(self, examples):
+        batch = self.collator(examples)
+        ids = batch["input_ids"]
+        mask = batch.get("attention_mask")
+        # Padding-free / packed batches have no attention mask: one row, no padding (no pad_to_multiple_of here).
+        tokens = int(mask.sum()) if mask is not None else ids.numel()
+        self.batches.append((tokens, ids.numel(), len(examples)))
+        return batch
+
+
+def step_timer():
+    import torch
+    from transformers import TrainerCallback
+
+    def now():
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        return time.perf_counter()
+
+    class StepTimer(TrainerCallback):
+        """Timestamps the start of training and the end of every optimizer step."""
+
+        def __init__(self):
+            self.start, self.steps = None, []
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            self.start, self.steps = now(), []
+
+        def on_step_end(self, args, state, control, **kwargs):
+            self.steps.append(now())
+
+    return StepTimer()
+
+
+class Memory:
+    """Peak memory of the timed epoch: CUDA allocator peak, or the process's peak RSS (VmHWM) on the CPU."""
+
+    def __init__(self):
+        import torch
+
+        self.cuda = torch.cuda.is_available()
+
+    def reset(self) -> None:
+        import torch
+
+        if self.cuda:
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            self.before = torch.cuda.memory_allocated()
+            return
+        try:  # "5" resets the peak RSS (Linux >= 4.0)
+            Path("/proc/self/clear_refs").write_text("5")
+        except OSError:
+            pass
+        self.before = self._status("VmRSS")
+
+    def peak(self) -> int:
+        import torch
+
+        if self.cuda:
+            torch.cuda.synchronize()
+            return torch.cuda.max_memory_allocated()
+        return self._status("VmHWM")
+
+    @staticmethod
+    def _status(key: str) -> int:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) * 1024
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def run_variant(args) -> dict:
+    """Train one epoch with one variant and return its figures."""
+    import torch
+    from datasets import load_from_disk
+    from transformers import set_seed
+
+    from llama_squad.config import ModelArguments, TrainConfig
+    from llama_squad.models import load_tokenizer
+    from llama_squad.training import build_trainer, lora_config
+
+    quiet()
+    set_seed(args.seed)
+    tokenizer = load_tokenizer(tokenizer_path(args))
+    model = build_model(args, tokenizer)
+    flop_params = linear_params(model)
+    train = load_from_disk(args.data_dir)
+    variant = args.variant
+    with tempfile.TemporaryDirectory() as out:
+        config = TrainConfig(
+            output_dir=out,
+            max_length=args.max_length,
+            per_device_train_batch_size=args.batch_size,
+            gradient_accumulation_steps=1,
+            num_train_epochs=1,
+            max_steps=args.warmup_steps,
+            warmup_steps=0,
+            eval_strategy="no",
+            save_strategy="no",
+            logging_steps=10**6,
+            report_to="none",
+            disable_tqdm=True,
+            dataloader_num_workers=0,
+            seed=args.seed,
+            data_seed=args.seed,
+            pad_to_multiple_of=args.max_length if variant == "baseline" else None,
+            train_sampling_strategy="group_by_length" if variant == "grouped" else "random",
+            packing=variant == "packing",
+        )
+        peft = lora_config(ModelArguments(lora_r=args.lora_r, lora_alpha=2 * args.lora_r))
+        trainer = build_trainer(model, tokenizer, config, train, None, peft)
+        recorder = RecordingCollator(trainer.data_collator)
+        trainer.data_collator = recorder
+        timer = step_timer()
+        trainer.add_callback(timer)
+        memory = Memory()
+
+        if args.warmup_steps:
+            trainer.train()  # untimed: allocator, kernels, lazy initialisation
+        trainer.args.max_steps = -1  # then one whole epoch over the same examples
+        recorder.batches = []
+        memory.reset()
+        trainer.train()
+        peak = memory.peak()
+
+    steps = len(timer.steps)
+    seconds = timer.steps[-1] - timer.start
+    batches = recorder.batches[:steps]
+    tokens = sum(b[0] for b in batches)
+    positions = sum(b[1] for b in batches)
+    rows = sum(b[2] for b in batches) if variant != "packing" else steps * args.batch_size
+    return {
+        "variant": variant,
+        "examples": len(train),
+        "steps": steps,
+        "batch_size": args.batch_size,
+        "max_length": args.max_length,
+        "sampler": config.train_sampling_strategy,
+        "gradient_checkpointing": bool(config.gradient_checkpointing),
+        "mean_padded_length": positions / rows,
+        "non_pad_tokens": tokens,
+        "padded_positions": positions,
+        "padding_fraction": 1 - tokens / positions,
+        "seconds": seconds,
+        "tokens_per_s": tokens / seconds,
+        "peak_memory_bytes": peak,
+        "memory_delta_bytes": peak - memory.before,
+        "flop_params": flop_params,
+        "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
+        "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
+    }
+
+
+# ------------------------------------------------------------------------------------------------------- parent
+
+
+def peak_flops(args, device: str, dtype: str) -> float | None:
+    if args.peak_tflops:
+        return args.peak_tflops * 1e12
+    if dtype not in ("bfloat16", "float16"):
+        return None
+    for name, tflops in PEAK_BF16_TFLOPS:
+        if name in device:
+            return tflops * 1e12
+    return None
+
+
+def chosen_variants(args, cuda: bool) -> tuple[list[str], str | None]:
+    variants = ["baseline", "dynamic", "grouped"]
+    if not args.packing:
+        return variants, None
+    import importlib.util
+
+    if not cuda:
+        return variants, "packing skipped: it needs a CUDA GPU and flash-attn"
+    if importlib.util.find_spec("flash_attn") is None:
+        return variants, "packing skipped: flash-attn is not installed (pip install flash-attn)"
+    if args.attn_implementation is None:
+        args.attn_implementation = "flash_attention_2"  # for every row: the same kernel in each comparison
+    return [*variants, "packing"], None
+
+
+def child_argv(args, variant: str, data_dir: Path, result_file: Path) -> list[str]:
+    argv = [sys.executable, str(Path(__file__).resolve()), "--model", args.model, "--examples", str(args.examples)]
+    argv += ["--batch_size", str(args.batch_size), "--max_length", str(args.max_length), "--lora_r", str(args.lora_r)]
+    argv += ["--warmup_steps", str(args.warmup_steps), "--seed", str(args.seed)]
+    if args.tokenizer:
+        argv += ["--tokenizer", args.tokenizer]
+    if args.attn_implementation:
+        argv += ["--attn_implementation", args.attn_implementation]
+    return argv + ["--variant", variant, "--data_dir", str(data_dir), "--result_file", str(result_file)]
+
+
+def gib(n: int) -> str:
+    return f"{n / 2**30:.2f} GiB"
+
+
+def print_report(args, data: dict, results: list[dict], note: str | None) -> None:
+    import torch
+    import transformers
+    import trl
+
+    first = results[0]
+    peak = peak_flops(args, first["device"], first["dtype"])
+    print(f"device        {first['device']} ({torch.get_num_threads()} threads)" if first["device"] == "cpu" else
+          f"device        {first['device']}")  # fmt: skip
+    print(f"versions      torch {torch.__version__}, transformers {transformers.__version__}, trl {trl.__version__}")
+    print(
+        f"model         {args.model}, {first['dtype']}, {first['flop_params'] / 1e6:.1f}M linear parameters, "
+        f"LoRA r={args.lora_r} on all linear layers, gradient checkpointing {first['gradient_checkpointing']}"
+    )
+    print(
+        f"data          SQuAD v2 train rows (dev-v2.0.json, articles 25:35 held out), {data['examples']} examples "
+        f"(seed {args.seed}), {data['dropped_too_long']} dropped > max_length; tokens/example mean "
+        f"{data['length_mean']:.0f}, median {data['length_median']:.0f}, max {data['length_max']}"
+    )
+    print(f"timing        one epoch after {args.warmup_steps} untimed warm-up steps, each variant in a fresh process")
+    print(f"peak FLOP/s   {peak / 1e12:.0f} TFLOP/s" if peak else "peak FLOP/s   n/a (give --peak_tflops for an MFU)")
+    print()
+    header = (
+        f"{'variant':<9} {'examples':>8} {'steps':>5} {'batch':>5} {'max_len':>7} {'mean padded len':>15} "
+        f"{'non-pad tok/s':>13} {'padding':>7} {'peak mem':>10} {'Δ mem':>10} {'MFU':>6}"
+    )
+    print(header)
+    print("-" * len(header))
+    for r in results:
+        mfu = f"{4 * r['flop_params'] * r['tokens_per_s'] / peak:.1%}" if peak else "n/a"
+        print(
+            f"{r['variant']:<9} {r['examples']:>8} {r['steps']:>5} {r['batch_size']:>5} {r['max_length']:>7} "
+            f"{r['mean_padded_length']:>15.1f} {r['tokens_per_s']:>13,.0f} {r['padding_fraction']:>7.1%} "
+            f"{gib(r['peak_memory_bytes']):>10} {gib(r['memory_delta_bytes']):>10} {mfu:>6}"
+        )
+        r["mfu"] = 4 * r["flop_params"] * r["tokens_per_s"] / peak if peak else None
+    print()
+    base = results[0]
+    for r in results[1:]:
+        print(
+            f"{r['variant']:<9} / baseline: tokens/s {r['tokens_per_s'] / base['tokens_per_s']:.2f}x, "
+            f"peak memory {r['peak_memory_bytes'] / base['peak_memory_bytes']:.2f}x, "
+            f"Δ memory {r['memory_delta_bytes'] / base['memory_delta_bytes']:.2f}x   (goal: tokens/s >= 2x)"
+        )
+    if note:
+        print(note)
+
+
+def main() -> int:
+    args = parse_args()
+    if args.variant:  # a child: one variant, figures to --result_file
+        result = run_variant(args)
+        Path(args.result_file).write_text(json.dumps(result), encoding="utf-8")
+        return 0
+    if not DEV.exists():
+        print(f"{DEV} not found: this benchmark needs ../shared/data beside the checkout", file=sys.stderr)
+        return 1
+    import torch
+
+    quiet()
+    cuda = torch.cuda.is_available()
+    if args.examples is None:
+        args.examples = 2048 if cuda else 128
+    variants, note = chosen_variants(args, cuda)
+    results = []
+    with tempfile.TemporaryDirectory() as tmp:
+        data_dir = Path(tmp) / "data"
+        print(f"tokenizing {args.examples} SQuAD v2 training examples...", file=sys.stderr)
+        data = prepare_data(args, data_dir)
+        for variant in variants:
+            print(f"training {variant}...", file=sys.stderr, flush=True)
+            result_file = Path(tmp) / f"{variant}.json"
+            env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
+            subprocess.run(child_argv(args, variant, data_dir, result_file), check=True, env=env)
+            results.append(json.loads(result_file.read_text(encoding="utf-8")))
+    print_report(args, data, results, note)
+    if args.json_out:
+        payload = {"args": {k: v for k, v in vars(args).items() if v is not None}, "data": data, "results": results}
+        Path(args.json_out).write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
+        print(f"wrote {args.json_out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
