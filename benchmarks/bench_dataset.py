@@ -32,7 +32,8 @@ def baseline(tmp: Path) -> int:
 
     from datasets import Dataset
 
-    from llama_squad.tasks.squad_v2 import DEFAULT_SYSTEM_PROMPT, Record, build_messages
+    from llama_squad.tasks.common import DEFAULT_SYSTEM_PROMPT
+    from llama_squad.tasks.squad_v2 import Record, build_messages
 
     data = json.loads(DEV.read_text())["data"]
     rows = [

