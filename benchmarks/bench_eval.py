@@ -1,11 +1,12 @@
 """How many SQuAD questions per second test.py's batched generation answers, against batch-1 generation, on the same
 questions in one run (goal on a GPU: >= 20x with SmolLM2-135M-Instruct on the 3,856 dev-split test questions).
 
-    # CPU (2 cores, ~3 minutes): a tiny random Llama with the real SmolLM2 tokenizer, 128 of the questions
+    # CPU: a tiny random Llama with the real SmolLM2 tokenizer, 128 of the questions (3-6 min on 2 busy cores)
     python benchmarks/bench_eval.py --model tiny --limit 128 --batch_size 16
-    # CPU, the real SmolLM2-135M-Instruct on a small sample
+    # CPU: the real SmolLM2-135M-Instruct on a small sample (13 min on 2 busy cores)
     python benchmarks/bench_eval.py --model embedded --limit 32 --batch_size 16
-    # GPU (bfloat16): ours on all 3,856 questions; the batch-1 baseline on 300 of them (fits one 10-minute command)
+    # GPU (bfloat16): ours on all 3,856 questions; the batch-1 baseline on 300 of them (fits one 10-minute command);
+    # on the lent GPU machine, install what it lacks first as ../shared/gpu/README.md says
     python benchmarks/bench_eval.py --model embedded --limit 3856 --batch_size 64 --baseline_limit 300 \
         --json_out bench_eval.json
 
@@ -25,6 +26,9 @@ like-for-like ratio) and on all of them (the ratio test.py users see). Each time
 of the same batch size. Also printed: generated tokens and tokens/s, mean prompt length, peak memory (CUDA: allocated
 during that run; CPU: the process's max RSS so far, and the baseline runs first), and how many greedy answers
 (raw_output) are identical in the two runs: all of them in float32 on a CPU; in bfloat16 a few may differ.
+On a CPU batching gains less than on a GPU (two cores have little idle arithmetic for a batch to fill) and other
+processes skew the timings (hence the load average printed): the CPU ratios show that the harness works; the goal is
+about the GPU ratio.
 """
 
 import argparse

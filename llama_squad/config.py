@@ -140,7 +140,15 @@ class TrainConfig(SFTConfig):
     def __post_init__(self):
         if self.bf16 is None:
             self.bf16 = not self.fp16 and _cuda_supports_bf16()
+        if self.dataloader_pin_memory and not _cuda_available():
+            self.dataloader_pin_memory = False  # pinning needs an accelerator; torch warns at every epoch without one
         super().__post_init__()
+
+
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def _cuda_supports_bf16() -> bool:
