@@ -63,6 +63,8 @@ bench: install
 	$(PY) benchmarks/bench_dataset.py
 	$(PY) benchmarks/bench_scoring.py
 	$(PY) benchmarks/bench_dst_dataset.py
+	$(PY) benchmarks/bench_train.py
+	$(PY) benchmarks/bench_eval.py
 
 clean:
 	rm -rf $(VENV) $(DEMO_DIR) .pytest_cache .ruff_cache

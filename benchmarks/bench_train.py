@@ -16,7 +16,8 @@ size, seed and TrainConfig, through ``llama_squad.training.build_trainer``; only
 
     baseline  the original llama-squad recipe: every batch padded to max_length (AnswerOnlyCollator with
               pad_to_multiple_of=max_length), random order, no packing
-    dynamic   our default: AnswerOnlyCollator pads each batch to its longest row, random order (same batches)
+    dynamic   our default: AnswerOnlyCollator pads each batch to its longest row, random order (the baseline's
+              batches)
     grouped   dynamic + train_sampling_strategy=group_by_length (transformers' LengthGroupedSampler: batches of
               similar lengths), an option of train.py (TrainConfig is TRL's SFTConfig)
     packing   (--packing, CUDA + flash-attn only) TRL packing (BFD) into rows of max_length
@@ -53,7 +54,14 @@ DEFAULT_TOKENIZER = {
     "llama-3.2-1b-shape": TOKENIZERS / "meta-llama-3-8b-instruct",
 }
 # Dense bf16 tensor-core peaks (TFLOP/s) by device name, most specific first.
-PEAK_BF16_TFLOPS = (("H100 PCIe", 756.0), ("H100", 989.4), ("H200", 989.4), ("H800", 989.4), ("A100", 312.0))
+PEAK_BF16_TFLOPS = (
+    ("H100 PCIe", 756.0),
+    ("H100 NVL", 835.0),
+    ("H100", 989.4),
+    ("H200", 989.4),
+    ("H800", 989.4),
+    ("A100", 312.0),
+)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -135,13 +143,10 @@ def build_model(args, tokenizer):
         pad_token_id=tokenizer.pad_token_id,
         **shape,
     )
-    if args.attn_implementation:
-        config._attn_implementation = args.attn_implementation
     torch.manual_seed(args.seed)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    with torch.device(device):
-        model = LlamaForCausalLM(config)
-    return model.to(resolve_dtype("auto"))
+    with torch.device("cuda" if torch.cuda.is_available() else "cpu"):
+        kwargs = {"attn_implementation": args.attn_implementation} if args.attn_implementation else {}
+        return LlamaForCausalLM._from_config(config, dtype=resolve_dtype("auto"), **kwargs)
 
 
 def linear_params(model) -> int:
@@ -328,7 +333,7 @@ def run_variant(args) -> dict:
     batches = recorder.batches[:steps]
     tokens = sum(b[0] for b in batches)
     positions = sum(b[1] for b in batches)
-    rows = sum(b[2] for b in batches) if variant != "packing" else steps * args.batch_size
+    rows = sum(b[2] for b in batches)  # packing: packed rows
     return {
         "variant": variant,
         "examples": len(train),
@@ -344,10 +349,12 @@ def run_variant(args) -> dict:
         "seconds": seconds,
         "tokens_per_s": tokens / seconds,
         "cpu_seconds": timer.cpu_end - timer.cpu_start,  # all threads of this process: robust to a shared CPU
+        "step_seconds": [b - a for a, b in zip([timer.start, *timer.steps[:-1]], timer.steps, strict=True)],
         "peak_memory_bytes": peak,
         "memory_delta_bytes": peak - memory.before,
         "flop_params": flop_params,
         "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
+        "attn_implementation": model.config._attn_implementation,
         "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
     }
 
@@ -408,7 +415,8 @@ def print_report(args, data: dict, results: list[dict], note: str | None, wall_s
     print(f"versions      torch {torch.__version__}, transformers {transformers.__version__}, trl {trl.__version__}")
     print(
         f"model         {args.model}, {first['dtype']}, {first['flop_params'] / 1e6:.1f}M linear parameters, "
-        f"LoRA r={args.lora_r} on all linear layers, gradient checkpointing {first['gradient_checkpointing']}"
+        f"{first['attn_implementation']} attention, LoRA r={args.lora_r} on all linear layers, "
+        f"gradient checkpointing {first['gradient_checkpointing']}"
     )
     print(
         f"data          SQuAD v2 train rows (dev-v2.0.json, articles 25:35 held out), {data['examples']} examples "
