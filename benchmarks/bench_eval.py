@@ -69,29 +69,20 @@ def load_questions(limit: int | None, seed: int) -> tuple[list[dict], int]:
 
 def tiny_model(device: str):
     """A random 4-layer Llama (hidden 256) with the real SmolLM2 tokenizer; weights large enough to vary answers."""
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    from llama_squad.models import load_tokenizer, resolve_dtype
+    from llama_squad.models import load_tokenizer, random_llama, resolve_dtype
 
     tokenizer = load_tokenizer(SMOLLM2, padding_side="left")
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
+    model = random_llama(
+        tokenizer,
         hidden_size=256,
         intermediate_size=512,
         num_hidden_layers=4,
         num_attention_heads=4,
         num_key_value_heads=2,
         max_position_embeddings=8192,
-        tie_word_embeddings=True,
         initializer_range=0.3,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
     )
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(config).to(device=device, dtype=resolve_dtype("auto")).eval()
-    return model, tokenizer
+    return model.to(device=device, dtype=resolve_dtype("auto")).eval(), tokenizer
 
 
 def load_model(name: str):

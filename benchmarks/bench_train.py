@@ -114,9 +114,8 @@ def tokenizer_path(args) -> str:
 def build_model(args, tokenizer):
     """The model to train, in bf16 on a GPU that supports it, float32 on the CPU; random ones seeded."""
     import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
 
-    from llama_squad.models import load_model, resolve_dtype, resolve_model_path
+    from llama_squad.models import load_model, random_llama, resolve_dtype, resolve_model_path
 
     if args.model == "embedded":
         return load_model(resolve_model_path("embedded"), attn_implementation=args.attn_implementation)
@@ -134,19 +133,15 @@ def build_model(args, tokenizer):
             rms_norm_eps=1e-5,
         )
     )
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
+    return random_llama(
+        tokenizer,
+        seed=args.seed,
+        dtype=resolve_dtype("auto"),
+        device="cuda" if torch.cuda.is_available() else "cpu",
+        attn_implementation=args.attn_implementation,
         max_position_embeddings=max(2048, args.max_length),
-        tie_word_embeddings=True,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
         **shape,
     )
-    torch.manual_seed(args.seed)
-    with torch.device("cuda" if torch.cuda.is_available() else "cpu"):
-        kwargs = {"attn_implementation": args.attn_implementation} if args.attn_implementation else {}
-        return LlamaForCausalLM._from_config(config, dtype=resolve_dtype("auto"), **kwargs)
 
 
 def linear_params(model) -> int:
