@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
         add_fp16_overflow_guard(model)
 
     # 3. Answer-only labels; examples that do not fit max_length are dropped and counted.
-    train_data, eval_data = training.load_training_data(script_args, tokenizer, config.max_length)
+    train_data, eval_data = training.load_training_data(script_args, tokenizer, config.max_length, config.seed)
     logger.info("training on %d examples, validating on %d", len(train_data), len(eval_data or []))
 
     # 4. Train, resuming from the latest checkpoint in output_dir if there is one.

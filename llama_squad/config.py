@@ -62,7 +62,8 @@ class ScriptArguments:
         default="data/squad_v2", metadata={"help": "A dataset folder written by create_dataset.py."}
     )
     max_train_examples: int | None = field(
-        default=None, metadata={"help": "Train on the first N examples of the train split only (quick runs)."}
+        default=None,
+        metadata={"help": "Train on N examples of the train split, a random sample drawn with --seed (quick runs)."},
     )
     max_eval_examples: int | None = field(
         default=200, metadata={"help": "Compute the validation loss on at most N validation examples (None: all)."}

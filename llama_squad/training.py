@@ -71,8 +71,12 @@ def find_checkpoint(config: TrainConfig) -> str | None:
     return get_last_checkpoint(config.output_dir) if os.path.isdir(config.output_dir) else None
 
 
-def load_training_data(script_args: ScriptArguments, tokenizer, max_length: int):
-    """Tokenized train and validation splits (answer-only labels); examples longer than max_length are dropped."""
+def load_training_data(script_args: ScriptArguments, tokenizer, max_length: int, seed: int = 42):
+    """Tokenized train and validation splits (answer-only labels); examples longer than max_length are dropped.
+
+    ``--max_train_examples`` draws a seeded random sample: the splits are stored in source order (article by article,
+    dialogue by dialogue), so their first N rows would cover only a few topics.
+    """
     from datasets import load_from_disk
 
     from llama_squad.tokenization import tokenize_dataset
@@ -83,7 +87,8 @@ def load_training_data(script_args: ScriptArguments, tokenizer, max_length: int)
             raise InputError(f"{script_args.dataset_path}: no {split!r} split (it has {', '.join(dataset)})")
     train, validation = dataset["train"], dataset["validation"]
     if script_args.max_train_examples is not None:
-        train = train.select(range(min(script_args.max_train_examples, len(train))))
+        train = train.shuffle(seed=seed).select(range(min(script_args.max_train_examples, len(train))))
+        train = train.flatten_indices()
     if script_args.max_eval_examples is not None:
         validation = validation.select(range(min(script_args.max_eval_examples, len(validation))))
     train, dropped = tokenize_dataset(train, tokenizer, max_length)

@@ -174,6 +174,27 @@ def test_options_are_checked_together(tmp_path):
         assert flag in message
 
 
+def test_max_train_examples_is_a_seeded_sample_across_the_split(tiny_dataset_dir, smollm2_tokenizer_dir):
+    from datasets import load_from_disk
+    from transformers import AutoTokenizer
+
+    from llama_squad.config import ScriptArguments
+
+    tokenizer = AutoTokenizer.from_pretrained(smollm2_tokenizer_dir)
+    args = ScriptArguments(dataset_path=str(tiny_dataset_dir), max_train_examples=6, max_eval_examples=None)
+    first, _ = training.load_training_data(args, tokenizer, 512, seed=1)
+    again, _ = training.load_training_data(args, tokenizer, 512, seed=1)
+    other, _ = training.load_training_data(args, tokenizer, 512, seed=2)
+    assert len(first) == 6 and first["input_ids"] == again["input_ids"]
+    assert first["input_ids"] != other["input_ids"]
+    # the split is stored article by article (Alder0 x4, Alder1 x4, ...): its first 6 rows come from 2 articles
+    towns = {
+        t for ids in first["input_ids"] for t in ("Alder0", "Alder1", "Alder2", "Alder3") if t in tokenizer.decode(ids)
+    }
+    in_order = load_from_disk(tiny_dataset_dir)["train"]
+    assert len(towns) > len(set(in_order["title"][:6])) == 2
+
+
 def test_push_without_token_or_offline_fails_before_any_work(tmp_path, monkeypatch, tiny_model_dir, tiny_dataset_dir):
     from llama_squad.export import HubAccessError
 
