@@ -1,6 +1,7 @@
 """Batched, resumable answer generation over a dataset split, scored into one results row per question."""
 
 import logging
+import math
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -205,12 +206,14 @@ def run_generation(
 
 
 def save_metrics(metrics: dict, path: str | Path) -> None:
-    """Write the run's metrics as JSON, atomically."""
+    """Write the run's metrics as strict JSON (undefined values as null), atomically."""
     from llama_squad.io import atomic_write_json
 
     def plain(value):
         value = value.item() if hasattr(value, "item") else value  # numpy scalars
-        return round(value, 6) if isinstance(value, float) else value
+        if isinstance(value, float):
+            return None if math.isnan(value) else round(value, 6)  # undefined (e.g. no abstentions): null, not NaN
+        return value
 
     atomic_write_json(path, {key: plain(value) for key, value in metrics.items()})
 

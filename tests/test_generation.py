@@ -8,10 +8,12 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 import test as test_script
+from llama_squad import generation
 from llama_squad.generation import ANSWER_PREFIX, GenerationOptions, Generator, load_examples, start_conversation
 from llama_squad.results import read_results
 
@@ -78,12 +80,24 @@ def run_test_py(model_dir, data_dir, out, *extra):
             "--max_new_tokens", "6", *extra]  # fmt: skip
 
 
+def strict_json_only(constant):
+    raise AssertionError(f"metrics.json holds {constant}, which strict JSON parsers reject")
+
+
+def test_undefined_metrics_are_written_as_null(tmp_path):
+    generation.save_metrics(
+        {"total": 3, "abstain_precision": float("nan"), "f1": np.float64(1 / 3)}, tmp_path / "m.json"
+    )
+    metrics = json.loads((tmp_path / "m.json").read_text(), parse_constant=strict_json_only)
+    assert metrics == {"total": 3, "abstain_precision": None, "f1": 0.333333}
+
+
 def test_results_and_metrics_files(tiny_model_dir, tiny_dataset_dir, tmp_path, capsys):
     out = tmp_path / "eval"
     assert test_script.main(run_test_py(tiny_model_dir, tiny_dataset_dir, out, "--batch_size", "3")) == 0
     results = read_results(out / "results.csv")
     assert len(results) == 8 and results["id"].is_unique
-    metrics = json.loads((out / "metrics.json").read_text())
+    metrics = json.loads((out / "metrics.json").read_text(), parse_constant=strict_json_only)
     assert metrics["total"] == 8 and metrics["HasAns_total"] == 4
     assert metrics["exact"] == pytest.approx(100 * results["exact"].mean(), abs=1e-4)
     assert "| eval" in capsys.readouterr().out
