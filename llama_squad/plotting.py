@@ -26,6 +26,7 @@ def plot_losses(log_history: list[dict], path: str | os.PathLike, title: str = "
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     fig, (loss_ax, ppl_ax) = plt.subplots(1, 2, figsize=(11, 4))
     for name, points in curves.items():
@@ -37,6 +38,9 @@ def plot_losses(log_history: list[dict], path: str | os.PathLike, title: str = "
         ppl_ax.plot(steps, [math.exp(min(v, 50)) for v in values], label=name, **style)
     loss_ax.set(xlabel="optimizer step", ylabel="loss (answer tokens)", title="loss")
     ppl_ax.set(xlabel="optimizer step", ylabel="perplexity", title="perplexity", yscale="log")
+    plain = matplotlib.ticker.FuncFormatter(lambda value, _: f"{value:g}")  # 2, 3, 20: not 2x10^0, 3x10^1
+    ppl_ax.yaxis.set_major_formatter(plain)
+    ppl_ax.yaxis.set_minor_formatter(plain)
     for ax in (loss_ax, ppl_ax):
         ax.grid(alpha=0.3)
         ax.legend()
