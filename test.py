@@ -34,6 +34,13 @@ class TestArguments:
     adapter_path: str | None = field(
         default=None, metadata={"help": "A LoRA adapter folder (train.py's output_dir) to apply to the model."}
     )
+    merge_adapter: bool = field(
+        default=True,
+        metadata={
+            "help": "Fold the adapter into the weights before generating: faster, same answers up to rounding "
+            "(never with --quantization)."
+        },
+    )
     split: str = field(default="test", metadata={"help": "Which split to answer."})
     limit: int | None = field(default=None, metadata={"help": "Answer only the first N questions (quick runs)."})
     batch_size: int = field(default=32, metadata={"help": "Questions generated together (sorted by prompt length)."})
@@ -66,6 +73,7 @@ def main(argv: list[str] | None = None) -> int:
             attn_implementation=args.attn_implementation,
             trust_remote_code=args.trust_remote_code,
             cache_dir=args.model_cache_dir,
+            merge_adapter=args.merge_adapter,
         )
     except InputError as e:
         logger.error("%s", e)

@@ -215,12 +215,33 @@ def test_load_for_inference_applies_the_adapter_and_its_tokenizer(tiny_model_dir
     tokenizer.chat_template = "{{ 'adapter template' }}"
     tokenizer.save_pretrained(adapter_dir)
 
-    model, tokenizer = models.load_for_inference(str(tiny_model_dir), adapter_path=adapter_dir)
+    model, tokenizer = models.load_for_inference(str(tiny_model_dir), adapter_path=adapter_dir, merge_adapter=False)
     assert isinstance(model, PeftModel) and not model.training
     assert tokenizer.chat_template == "{{ 'adapter template' }}"
     assert tokenizer.padding_side == "left"
     with pytest.raises(models.ModelError, match=r"--adapter_path .*: no adapter_config.json"):
         models.load_for_inference(str(tiny_model_dir), adapter_path=tmp_path)
+
+
+def test_a_merged_adapter_gives_the_logits_of_the_adapter_beside_the_model(tiny_model_dir, tmp_path):
+    from peft import LoraConfig, PeftModel, get_peft_model
+    from peft.tuners.lora import LoraLayer
+    from transformers import AutoModelForCausalLM
+
+    adapter_dir = tmp_path / "adapter"
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    config = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj"], init_lora_weights=False)
+    get_peft_model(base, config).save_pretrained(adapter_dir)  # random A and B: the adapter changes the logits
+
+    beside, _ = models.load_for_inference(str(tiny_model_dir), adapter_path=adapter_dir, merge_adapter=False)
+    merged, _ = models.load_for_inference(str(tiny_model_dir), adapter_path=adapter_dir)
+    assert not isinstance(merged, PeftModel) and not any(isinstance(m, LoraLayer) for m in merged.modules())
+    ids = torch.tensor([[1, 50, 60, 70, 80, 90]])
+    with torch.no_grad():
+        plain = AutoModelForCausalLM.from_pretrained(tiny_model_dir)(ids).logits
+        expected, got = beside(ids).logits, merged(ids).logits
+    assert (expected - plain).abs().max() > 1e-2
+    torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
 
 
 # the embedded model, converted for real once for this module
