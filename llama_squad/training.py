@@ -88,7 +88,6 @@ def load_training_data(script_args: ScriptArguments, tokenizer, max_length: int,
     train, validation = dataset["train"], dataset["validation"]
     if script_args.max_train_examples is not None:
         train = train.shuffle(seed=seed).select(range(min(script_args.max_train_examples, len(train))))
-        train = train.flatten_indices()
     if script_args.max_eval_examples is not None:
         validation = validation.select(range(min(script_args.max_eval_examples, len(validation))))
     train, dropped = tokenize_dataset(train, tokenizer, max_length)
