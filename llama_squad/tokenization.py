@@ -67,10 +67,11 @@ class _Layout:
 
 @dataclass
 class _TemplateState:
-    """Per-tokenizer caches, valid for one chat template."""
+    """Per-tokenizer caches, valid for one chat template and one set of special and added tokens (``key``)."""
 
-    chat_template: str
+    key: tuple
     special_re: re.Pattern
+    stripping: dict[int, str]  # added tokens that strip whitespace beside them: id -> the text the token stands for
     skeletons: dict = field(default_factory=dict)
     layouts: dict = field(default_factory=dict)
     anchor: tuple[str, int] | None = None
@@ -84,16 +85,26 @@ def _name(tokenizer) -> str:
 
 
 def _state(tokenizer) -> _TemplateState:
+    """The tokenizer's caches, rebuilt when its chat template or its tokens change.
+
+    The key holds what the cached values derive from: the template, the special tokens (the template reads the named
+    ones; ``add_special_tokens`` registers new ones) and the vocabulary size (``add_tokens``), so that registering the
+    end-of-turn token as special takes effect at once. It costs microseconds, once per batch. Not seen: a token of the
+    vocabulary made special by ``add_tokens`` alone (neither a new id nor a registered special token).
+    """
     template = tokenizer.chat_template
     if not template:
         raise ValueError(f"{_name(tokenizer)}: the tokenizer has no chat template; set tokenizer.chat_template")
+    key = (template, tuple(tokenizer.special_tokens_map.items()), tuple(tokenizer.all_special_tokens), len(tokenizer))
     state = _STATES.get(tokenizer)
-    if state is None or state.chat_template != template:
-        special = {t.content for t in tokenizer.added_tokens_decoder.values() if t.special}
+    if state is None or state.key != key:
+        added = tokenizer.added_tokens_decoder
+        special = {t.content for t in added.values() if t.special}
         special.update(tokenizer.all_special_tokens)
         special.discard("")
         pattern = "|".join(re.escape(s) for s in sorted(special, key=len, reverse=True))
-        state = _TemplateState(chat_template=template, special_re=re.compile(pattern or "(?!)"))
+        stripping = {i: t.content for i, t in added.items() if (t.lstrip or t.rstrip) and t.content}
+        state = _TemplateState(key=key, special_re=re.compile(pattern or "(?!)"), stripping=stripping)
         state.anchor = _find_anchor(tokenizer)
         _STATES[tokenizer] = state
     return state
@@ -259,8 +270,7 @@ class _Rendered:
     eot_id: int
 
 
-def _render_example(tokenizer, prompt: list[dict], completion: list[dict]) -> _Rendered:
-    state = _state(tokenizer)
+def _render_example(tokenizer, state: _TemplateState, prompt: list[dict], completion: list[dict]) -> _Rendered:
     layout = _layout(tokenizer, state, _check_messages(prompt, completion), first_target=len(prompt))
     messages = [*prompt, *completion]
     contents = [m["content"] for m in messages]
@@ -283,13 +293,15 @@ def _encode(tokenizer, texts: list[str], offsets: bool = False) -> dict:
     )
 
 
-def _continuation(tokenizer, prompt_ids: list[int], full_ids: list[int], text: str) -> list[int]:
+def _continuation(
+    tokenizer, state: _TemplateState, prompt_ids: list[int], full_ids: list[int], text: str
+) -> list[int]:
     """The ids of ``text`` after the prompt: as the tokenized prompt + text has them when the prompt's ids are intact,
     else (a token merged across the boundary) ``text`` tokenized after a special token, as a continuation."""
     n = len(prompt_ids)
     if full_ids[:n] == prompt_ids:
         return full_ids[n:]
-    anchor = _state(tokenizer).anchor
+    anchor = state.anchor
     if anchor is None:
         return _encode(tokenizer, [text])["input_ids"][0]
     ids = _encode(tokenizer, [anchor[0] + text])["input_ids"][0]
@@ -298,16 +310,28 @@ def _continuation(tokenizer, prompt_ids: list[int], full_ids: list[int], text: s
     return ids[1:]
 
 
-def _assemble(tokenizer, rendered: _Rendered, prompt_enc: tuple, full_ids: list[int], max_length: int | None):
+def _assemble(
+    tokenizer,
+    state: _TemplateState,
+    rendered: _Rendered,
+    prompt_enc: tuple,
+    full_ids: list[int],
+    max_length: int | None,
+):
     prompt_ids, offsets = prompt_enc
-    answer_ids = _continuation(tokenizer, prompt_ids, full_ids, rendered.answer)
+    answer_ids = _continuation(tokenizer, state, prompt_ids, full_ids, rendered.answer)
     input_ids = prompt_ids + answer_ids
     if max_length is not None and len(input_ids) > max_length:
         return None
     labels = [IGNORE_INDEX] * len(prompt_ids)
-    for start, end in rendered.spans:
+    for start, end in rendered.spans:  # an earlier turn: supervise the tokens whose text overlaps its span
         last = None
         for i, (a, b) in enumerate(offsets):
+            # An added token that strips whitespace has it in its offsets (Phi-3's <|assistant|> swallows the "\n"
+            # and the content's leading spaces after it) but stands for its content alone: a header is not the turn.
+            content = state.stripping.get(prompt_ids[i])
+            if content is not None and (k := rendered.prompt.find(content, a, b)) >= 0:
+                a, b = k, k + len(content)
             if (a < end and b > start) or (a == b and start <= a < end):
                 labels[i] = prompt_ids[i]
                 last = i
@@ -326,11 +350,12 @@ def _assemble(tokenizer, rendered: _Rendered, prompt_enc: tuple, full_ids: list[
 
 
 def _tokenize_many(tokenizer, examples: list[tuple[list[dict], list[dict]]], max_length: int | None) -> list:
-    rendered = [_render_example(tokenizer, prompt, completion) for prompt, completion in examples]
+    state = _state(tokenizer)
+    rendered = [_render_example(tokenizer, state, prompt, completion) for prompt, completion in examples]
     prompts = _encode(tokenizer, [r.prompt for r in rendered], offsets=True)
     fulls = _encode(tokenizer, [r.prompt + r.answer for r in rendered])["input_ids"]
     return [
-        _assemble(tokenizer, r, (ids, offsets), full, max_length)
+        _assemble(tokenizer, state, r, (ids, offsets), full, max_length)
         for r, ids, offsets, full in zip(rendered, prompts["input_ids"], prompts["offset_mapping"], fulls, strict=True)
     ]
 
@@ -370,7 +395,7 @@ def tokenize_prompt(tokenizer, messages: list[dict], assistant_prefix: str | Non
     start, end = _locate(tokenizer, opened_text, skeleton, [m["content"] for m in opened])[len(opened) - 1]
     prefix = layout.lead + opened_text[start:end]
     prompt_ids, full_ids = _encode(tokenizer, [prompt_text, prompt_text + prefix])["input_ids"]
-    return prompt_ids + _continuation(tokenizer, prompt_ids, full_ids, prefix)
+    return prompt_ids + _continuation(tokenizer, state, prompt_ids, full_ids, prefix)
 
 
 def end_of_turn_token_id(tokenizer) -> int:

@@ -129,6 +129,32 @@ def test_multi_turn_supervises_every_assistant_turn_and_nothing_else(load, name)
     assert example["input_ids"][-1] == end_of_turn_token_id(tokenizer)
 
 
+# The earlier turn " yes" (leading space) of a multi-turn completion: its supervised tokens, then as decoded.
+LEADING_SPACE = {
+    "smollm2-135m-instruct": (["Ġyes", "<|im_end|>"], " yes<|im_end|>"),
+    "llama-2-7b-chat-hf": (["▁yes", "▁", "</s>"], "yes </s>"),  # the template trims the content
+    "meta-llama-3-8b-instruct": (["yes", "<|eot_id|>"], "yes<|eot_id|>"),  # so does this one
+    "qwen2.5-1.5b-instruct": (["Ġyes", "<|im_end|>"], " yes<|im_end|>"),
+    "phi-3-mini-4k-instruct": (["yes", "<|end|>"], "yes<|end|>"),  # <|assistant|> strips the space: no token has it
+    "mistral-7b-instruct-v0.3": (["▁yes", "</s>"], "yes</s>"),
+}
+
+
+@pytest.mark.parametrize("name", list(TEMPLATES))
+def test_an_earlier_turn_starting_with_whitespace_leaves_its_header_unsupervised(load, name):
+    """Phi-3's <|assistant|> strips the whitespace after it, so its offsets reach into a content that starts with a
+    space; it opens the turn but is not part of it. Supervised: the content and the end-of-turn token, nothing else."""
+    tokenizer = load(name)
+    eot, _, _, multi_turn_runs = TEMPLATES[name]
+    tokens, text = LEADING_SPACE[name]
+    turns = [{"role": "assistant", "content": " yes"}, *MULTI_TURN[1:3]]
+    example = tokenize_conversation(tokenizer, [SYSTEM, USER], turns)
+    assert supervised_runs(tokenizer, example) == [text, multi_turn_runs[1]]
+    assert tokenizer.convert_ids_to_tokens(supervised(example))[: len(tokens)] == tokens
+    special = {i for i, token in tokenizer.added_tokens_decoder.items() if token.special}
+    assert tokenizer.convert_ids_to_tokens([i for i in supervised(example) if i in special]) == [eot, eot]
+
+
 def test_assistant_turns_of_the_prompt_are_context_not_targets(load):
     """A few-shot example in the prompt is not supervised; a trimmed earlier answer is found as rendered."""
     tokenizer = load("llama-2-7b-chat-hf")
@@ -260,6 +286,29 @@ def test_templates_that_cannot_be_trained_are_refused_with_the_reason(tokenizers
     tokenizer.chat_template = None
     with pytest.raises(ValueError, match="has no chat template"):
         tokenize_conversation(tokenizer, [USER], [ANSWER])
+
+
+def test_registering_the_end_of_turn_token_as_special_takes_effect_at_once(tokenizers_dir):
+    """The refusal advises tokenizer.add_special_tokens; what was cached for the tokenizer must not outlive that."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tokenizers_dir / "smollm2-135m-instruct")
+    tokenizer.chat_template = (
+        "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<END>\n{% endfor %}"
+        "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+    )
+    with pytest.raises(ValueError, match=r"ends an assistant turn with '<END>\\n', which holds no special token"):
+        tokenize_conversation(tokenizer, [USER], [ANSWER])
+
+    assert tokenizer.add_special_tokens({"extra_special_tokens": ["<END>"]}, replace_extra_special_tokens=False) == 1
+    end = tokenizer.convert_tokens_to_ids("<END>")
+    example = tokenize_conversation(tokenizer, [USER], [ANSWER])
+    n = len(tokenize_prompt(tokenizer, [USER]))
+    assert tokenizer.decode(example["input_ids"][:n]) == "<|im_start|>user\nCapital?<END>\n<|im_start|>assistant\n"
+    assert example["labels"] == [IGNORE_INDEX] * n + example["input_ids"][n:]
+    answer = tokenizer.convert_ids_to_tokens(example["input_ids"][n:])
+    assert answer == ['{"', "answer", '":', 'Ġ"', "France", '"}', "<END>"]
+    assert example["input_ids"][-1] == end_of_turn_token_id(tokenizer) == end
 
 
 def test_malformed_conversations_are_refused(load):
