@@ -22,35 +22,68 @@ MultiWOZ 2.1 as slot-level questions (train on dev, test on test):
 import argparse
 import logging
 import sys
+from pathlib import Path
 
-from llama_squad.cli import parse_dataclasses, setup_logging
+from llama_squad.cli import parse_dataclasses, read_recipe, setup_logging
 from llama_squad.io import InputError, atomic_path
 from llama_squad.tasks import TASK_MODULES, get_task
 
 logger = logging.getLogger("create_dataset")
 
 
+def task_name(argv: list[str]) -> str | None:
+    """The task of a command line: ``--task``, else the ``task`` key of the ``--config`` recipe, else None."""
+    pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    pre.add_argument("--task", choices=list(TASK_MODULES), default=None)
+    pre.add_argument("--config", default=None)
+    known, _ = pre.parse_known_args(argv)
+    recipe = read_recipe(known.config) if known.config is not None else {}  # read even with --task: errors show here
+    if known.task is not None or "task" not in recipe:
+        return known.task
+    if recipe["task"] not in TASK_MODULES:
+        raise InputError(f"--config {known.config}: task {recipe['task']!r}: choose one of {', '.join(TASK_MODULES)}")
+    return recipe["task"]
+
+
+def check_output_dir(output_dir: str, overwrite: bool) -> None:
+    """Refuse, before any work, an --output_dir that exists (without --overwrite) or lies under a file."""
+    if not isinstance(output_dir, str) or not output_dir:
+        raise InputError(f"--output_dir {output_dir!r}: give the path of the folder to write")
+    path = Path(output_dir)
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path} already exists: pass --overwrite to replace it, or choose another path")
+    parent = next((p for p in path.absolute().parents if p.exists()), None)
+    if parent is not None and not parent.is_dir():
+        raise InputError(f"--output_dir {path}: {parent} is a file, not a folder; choose another --output_dir")
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    pre = argparse.ArgumentParser(add_help=False)
-    pre.add_argument("--task", choices=list(TASK_MODULES), default=None)
-    known, _ = pre.parse_known_args(argv)
-    if known.task is None:
-        print(__doc__)
-        print("error: --task is required (squad_v2 or multiwoz)", file=sys.stderr)
-        return 2
-    task = get_task(known.task)
-    (args,) = parse_dataclasses([task.Arguments], argv)
     setup_logging()
-    logger.info("arguments: %s", args)
     try:
-        dataset = task.build_dataset(args)  # 1. read, validate, split and format
-        with atomic_path(args.output_dir, is_dir=True, overwrite=args.overwrite) as tmp:  # 2. save, all or nothing
-            dataset.save_to_disk(str(tmp))
-    except (InputError, ValueError, FileExistsError) as e:
+        name = task_name(argv)
+    except InputError as e:
         logger.error("%s", e)
         return 1
-    counts = ", ".join(f"{name} {len(split)}" for name, split in dataset.items())
+    if name is None:
+        print(__doc__)
+        print(
+            "error: --task is required (squad_v2 or multiwoz), or a 'task:' key in the --config recipe",
+            file=sys.stderr,
+        )
+        return 2
+    task = get_task(name)
+    (args,) = parse_dataclasses([task.Arguments], argv)
+    logger.info("arguments: %s", args)
+    try:
+        check_output_dir(args.output_dir, args.overwrite)  # 1. fail before the work, not after it
+        dataset = task.build_dataset(args)  # 2. check the options; read, validate, split and format
+        with atomic_path(args.output_dir, is_dir=True, overwrite=args.overwrite) as tmp:  # 3. save, all or nothing
+            dataset.save_to_disk(str(tmp))
+    except (InputError, ValueError, OSError) as e:  # OSError: FileExistsError, a full disk, no permission
+        logger.error("%s", e)
+        return 1
+    counts = ", ".join(f"{split_name} {len(split)}" for split_name, split in dataset.items())
     logger.info("wrote %s (%s)", args.output_dir, counts)
     return 0
 

@@ -7,7 +7,10 @@ question in OUTPUT_DIR/results.csv, the run's metrics in OUTPUT_DIR/metrics.json
         --output_dir eval/merged
     python test.py --dataset_path data/squad_v2_dev_split --output_dir eval/zero_shot --limit 200   # the untuned model
 
-Re-running the same command after a crash or Ctrl-C resumes where it stopped.
+Re-running the same command after a crash or Ctrl-C resumes where it stopped. OUTPUT_DIR/run.json records what
+defines the results (model and adapter fingerprints, dataset fingerprint, split, --limit, generation options): a
+re-run with other settings refuses to add to them (--overwrite starts again), and a larger --limit extends them.
+Two runs never share an OUTPUT_DIR at once: the second stops at once.
 """
 
 import logging
@@ -52,50 +55,126 @@ class TestArguments:
     trust_remote_code: bool = field(default=False, metadata={"help": "Run model code from the Hub."})
     model_cache_dir: str | None = field(default=None, metadata={"help": "Where the embedded model is cached."})
     seed: int = field(default=42, metadata={"help": "Seed for sampling."})
+    overwrite: bool = field(
+        default=False,
+        metadata={"help": "Discard the results already in output_dir (made with other settings) and start again."},
+    )
+
+    def problems(self) -> list[str]:
+        """What is wrong with these options, one line per option (empty when they are fine)."""
+        problems = []
+        if self.limit is not None and self.limit < 1:
+            problems.append(f"--limit {self.limit}: give a positive number of questions, or leave it out for all")
+        if self.batch_size < 1:
+            problems.append(f"--batch_size {self.batch_size}: give a positive number (e.g. 32)")
+        return problems
 
 
 def main(argv: list[str] | None = None) -> int:
     args, options = parse_dataclasses([TestArguments, GenerationOptions], argv)
     setup_logging()
-    from llama_squad import generation, models
     from llama_squad.io import InputError
-    from llama_squad.results import read_results, summarize
-    from llama_squad.summary import format_table, metrics_table, run_name
 
     try:
-        # 1. The questions, and the model (base + adapter, merged, or the embedded default).
-        examples = generation.load_examples(args.dataset_path, args.split, args.limit)
-        model, tokenizer = models.load_for_inference(
-            args.model_name_or_path,
-            adapter_path=args.adapter_path,
-            dtype=args.dtype,
-            quantization=args.quantization,
-            attn_implementation=args.attn_implementation,
-            trust_remote_code=args.trust_remote_code,
-            cache_dir=args.model_cache_dir,
-            merge_adapter=args.merge_adapter,
-        )
-    except InputError as e:
+        evaluate(args, options)
+    except InputError as e:  # the user's input: the message names it and the fix
         logger.error("%s", e)
         return 1
-    import transformers
-
-    transformers.set_seed(args.seed)
-
-    # 2. Generate in batches, appending scored rows to results.csv (resumes a finished part).
-    output_csv = Path(args.output_dir) / "results.csv"
-    generator = generation.Generator(model, tokenizer, options)
-    answered, seconds = generation.run_generation(generator, examples, output_csv, args.batch_size)
-    if answered:
-        logger.info("answered %d questions in %.1f s (%.2f questions/s)", answered, seconds, answered / seconds)
-
-    # 3. Summarize like summarize_results.py, and save the metrics.
-    results = read_results(output_csv)
-    metrics = summarize(results)
-    generation.save_metrics(metrics, Path(args.output_dir) / "metrics.json")
-    print(format_table(metrics_table({run_name(output_csv): {"task": results["task"].iloc[0], **metrics}})))
-    logger.info("wrote %s and %s", output_csv, Path(args.output_dir) / "metrics.json")
     return 0
+
+
+def evaluate(args: TestArguments, options: GenerationOptions) -> None:
+    from llama_squad import generation, models, results
+    from llama_squad.io import InputError, output_lock
+    from llama_squad.summary import format_table, metrics_table, run_name
+    from llama_squad.tasks import get_task
+
+    # 1. Check the options, the questions and the model's files before loading anything heavy.
+    problems = args.problems() + options.problems()
+    if problems:
+        raise InputError("invalid options:\n  - " + "\n  - ".join(problems))
+    examples = generation.load_examples(args.dataset_path, args.split, args.limit)
+    models.check_model_source(args.model_name_or_path)
+    if args.adapter_path is not None:
+        models.check_adapter(args.adapter_path)
+    settings = run_settings(args, options, examples[0]["task"])
+    output_dir = Path(args.output_dir)
+    output_csv = output_dir / "results.csv"
+    task = get_task(examples[0]["task"])
+
+    with output_lock(output_dir):  # 2. One run at a time per folder; resume only results of these settings.
+        results.check_resume(output_dir, settings, len(examples), args.overwrite)
+        resuming = output_csv.exists() and not args.overwrite
+        done = (
+            {r[0] for r in results.read_complete_rows(output_csv, results.result_columns(task))[0]}
+            if resuming
+            else set()
+        )
+        todo = [ex for ex in examples if str(ex["id"]) not in done]
+
+        # 3. The model (base + adapter, merged, or the embedded default), if anything is left to answer.
+        generator = None
+        if todo:
+            model, tokenizer = models.load_for_inference(
+                args.model_name_or_path,
+                adapter_path=args.adapter_path,
+                dtype=args.dtype,
+                quantization=args.quantization,
+                attn_implementation=args.attn_implementation,
+                trust_remote_code=args.trust_remote_code,
+                cache_dir=args.model_cache_dir,
+                merge_adapter=args.merge_adapter,
+            )
+            import transformers
+
+            transformers.set_seed(args.seed)
+            generator = generation.Generator(model, tokenizer, options)
+
+        # 4. Record the settings, then generate in batches, appending scored rows to results.csv.
+        info = dict(
+            limit=args.limit,
+            dataset_path=args.dataset_path,
+            model_name_or_path=args.model_name_or_path,
+            adapter_path=args.adapter_path,
+            batch_size=args.batch_size,
+        )
+        results.start_run(output_dir, settings, len(examples), info, overwrite=args.overwrite)
+        answered, seconds = generation.run_generation(generator, examples, output_csv, args.batch_size)
+        if answered:
+            logger.info("answered %d questions in %.1f s (%.2f questions/s)", answered, seconds, answered / seconds)
+
+        # 5. Summarize like summarize_results.py, and save the metrics of exactly these rows.
+        rows = results.read_results(output_csv)
+        metrics = results.summarize(rows)
+        generation.save_metrics(metrics, output_dir / "metrics.json")
+    print(format_table(metrics_table({run_name(output_csv): {"task": rows["task"].iloc[0], **metrics}})))
+    logger.info("wrote %s and %s", output_csv, output_dir / "metrics.json")
+
+
+def run_settings(args: TestArguments, options: GenerationOptions, task: str) -> dict:
+    """What defines the results rows, compared on a resume: the model's and adapter's weights, the questions and
+    how they are answered. Paths are not compared (a moved folder is the same model); the batch size is free."""
+    from dataclasses import asdict
+
+    from llama_squad import generation, models
+
+    decoding = asdict(options)
+    if options.do_sample:
+        decoding["seed"] = args.seed
+    else:  # greedy: sampling options and the seed change nothing
+        for name in ("temperature", "top_p", "top_k"):
+            decoding.pop(name)
+    return {
+        "task": task,
+        "dataset": {"fingerprint": generation.dataset_fingerprint(args.dataset_path, args.split), "split": args.split},
+        "model": models.model_fingerprint(args.model_name_or_path),
+        "adapter": models.adapter_fingerprint(args.adapter_path) if args.adapter_path else None,
+        "merge_adapter": bool(args.adapter_path) and args.merge_adapter and not args.quantization,
+        "dtype": str(models.resolve_dtype(args.dtype)).removeprefix("torch."),
+        "quantization": args.quantization,
+        "attn_implementation": args.attn_implementation,
+        "generation": decoding,
+    }
 
 
 if __name__ == "__main__":

@@ -20,7 +20,56 @@ def parse_dataclasses(types, argv: list[str] | None = None):
 
     parser = TrlParser(list(types))
     args = list(sys.argv[1:] if argv is None else argv)
+    path = config_path(args)
+    if path is not None:
+        try:
+            read_recipe(path)
+        except ValueError as e:  # the message alone: TRL's usage line lists some 200 options
+            parser.exit(2, f"{parser.prog}: error: {e}\n")
     try:
         return parser.parse_args_and_config(args=args)
-    except ValueError as e:  # unknown options, unknown YAML keys, values the dataclasses reject
-        parser.error(str(e))
+    except ValueError as e:  # unknown YAML keys, values the dataclasses reject
+        parser.exit(2, f"{parser.prog}: error: {e}\n")
+
+
+def config_path(argv: list[str]) -> str | None:
+    """The value of ``--config`` in ``argv`` ("" when the flag has none), or None without the flag."""
+    path = None
+    for i, arg in enumerate(argv):
+        if arg == "--config":
+            path = argv[i + 1] if i + 1 < len(argv) else ""
+        elif arg.startswith("--config="):
+            path = arg.split("=", 1)[1]
+    return path
+
+
+def read_recipe(path: str) -> dict:
+    """The option: value mapping of a ``--config`` YAML recipe; a missing, unreadable or malformed file, or one that
+    is not a mapping, raises :class:`InputError` naming it."""
+    import yaml
+
+    from llama_squad.io import InputError
+
+    if not path:
+        raise InputError("--config needs a recipe file, e.g. --config configs/smoke.yaml")
+    try:
+        with open(path, encoding="utf-8") as f:
+            recipe = yaml.safe_load(f)
+    except FileNotFoundError:
+        raise InputError(f"--config {path}: no such file (the shipped recipes are in configs/)") from None
+    except IsADirectoryError:
+        raise InputError(f"--config {path}: a folder, not a YAML recipe file") from None
+    except (OSError, UnicodeDecodeError) as e:
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+        raise InputError(f"--config {path}: cannot read it ({reason}); pass the path of a YAML recipe") from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        reason = getattr(e, "problem", None) or " ".join(str(e).split())
+        raise InputError(f"--config {path}: not valid YAML{at} ({reason}); fix the recipe") from None
+    if not isinstance(recipe, dict):
+        raise InputError(
+            f"--config {path}: holds {'nothing' if recipe is None else 'a YAML ' + type(recipe).__name__}, not a "
+            "mapping of option: value (see configs/)"
+        )
+    return recipe

@@ -16,25 +16,35 @@ class HubAccessError(RuntimeError):
     """Pushing was asked for, but the Hub cannot be reached or no token is set."""
 
 
-def check_hub_access(repo_id: str) -> str:
-    """Fail fast (before any long work) unless ``repo_id`` can be pushed to; returns the user name."""
+def check_hub_access(repo_id: str, option: str = "--hub_repo_id", token: str | None = None) -> str:
+    """Fail fast (before any long work) unless ``repo_id`` can be pushed to; returns the user name.
+
+    ``option`` is the flag that asked for the push: ``--hub_repo_id`` (ours, USER_OR_ORG/NAME) or TRL's
+    ``--push_to_hub`` (whose ``--hub_model_id`` may be a bare NAME, pushed under the token's user).
+    """
     from huggingface_hub import get_token, whoami
     from huggingface_hub.constants import HF_HUB_OFFLINE
 
-    if "/" not in repo_id:
+    if option == "--hub_repo_id" and "/" not in repo_id:
         raise HubAccessError(f"--hub_repo_id {repo_id!r}: expected USER_OR_ORG/NAME")
+    if repo_id.count("/") > 1 or not repo_id.strip("/"):
+        raise HubAccessError(f"{option}: the Hub repository {repo_id!r} is not USER_OR_ORG/NAME")
+    later = "push output_dir later (hf upload)"
     if HF_HUB_OFFLINE or os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
         raise HubAccessError(
-            f"--hub_repo_id {repo_id}: pushing needs the Hub, but HF_HUB_OFFLINE is set; unset it, or drop "
-            "--hub_repo_id and push output_dir/merged later (huggingface-cli upload)"
+            f"{option} ({repo_id}): pushing needs the Hub, but HF_HUB_OFFLINE is set; unset it, or drop "
+            f"{option} and {later}"
         )
-    token = get_token()
+    token = token or get_token()
     if not token:
-        raise HubAccessError(f"--hub_repo_id {repo_id}: no Hugging Face token: run `hf auth login` or set HF_TOKEN")
+        raise HubAccessError(
+            f"{option} ({repo_id}): no Hugging Face token: run `hf auth login`, set HF_TOKEN, or drop {option} and "
+            f"{later}"
+        )
     try:
         return whoami(token=token)["name"]
     except Exception as e:  # network errors, bad tokens: all mean the push would fail at the end
-        raise HubAccessError(f"--hub_repo_id {repo_id}: cannot reach the Hub with this token ({e})") from None
+        raise HubAccessError(f"{option} ({repo_id}): cannot reach the Hub with this token ({e})") from None
 
 
 def merge_adapter(

@@ -30,6 +30,22 @@ class GenerationOptions:
     top_k: int = 50
     force_answer: bool = False
 
+    def problems(self) -> list[str]:
+        """What is wrong with these options, one line per option (empty when they are fine)."""
+        problems = []
+        if self.max_new_tokens < 1:
+            problems.append(f"--max_new_tokens {self.max_new_tokens}: give a positive number of tokens (e.g. 64)")
+        if self.num_beams < 1:
+            problems.append(f"--num_beams {self.num_beams}: give 1 (greedy or sampling) or more (beam search)")
+        if self.do_sample:
+            if not self.temperature > 0:
+                problems.append(f"--temperature {self.temperature}: must be > 0 (or drop --do_sample for greedy)")
+            if not 0 < self.top_p <= 1:
+                problems.append(f"--top_p {self.top_p}: must be in (0, 1]")
+            if self.top_k < 0:
+                problems.append(f"--top_k {self.top_k}: must be >= 0 (0 turns it off)")
+        return problems
+
     def generate_kwargs(self, stop_ids: list[int], pad_id: int) -> dict:
         kwargs = {
             "max_new_tokens": self.max_new_tokens,
@@ -168,12 +184,12 @@ def results_rows(task, conversation: Conversation) -> list[dict]:
 
 
 def run_generation(
-    generator: Generator, examples, output_csv: str | Path, batch_size: int, progress: bool = True
+    generator: Generator | None, examples, output_csv: str | Path, batch_size: int, progress: bool = True
 ) -> tuple[int, float]:
     """Answer every example not yet in ``output_csv``, appending scored rows batch by batch.
 
-    Re-running after a crash or Ctrl-C resumes: finished examples are skipped, none is written twice.
-    Returns (examples answered now, seconds spent).
+    Re-running after a crash or Ctrl-C resumes: finished examples are skipped, none is written twice. The generator
+    may be None when ``output_csv`` already holds every example. Returns (examples answered now, seconds spent).
     """
     from tqdm.auto import tqdm
 
@@ -185,6 +201,8 @@ def run_generation(
     if not todo:
         logger.info("%s already holds all %d examples", output_csv, len(examples))
         return 0, 0.0
+    if generator is None:
+        raise ValueError(f"{output_csv}: {len(todo)} examples are still to answer, and no model was given")
     conversations = {}
     for ex in todo:  # tokenize each first prompt once: for sorting by length, then for generating
         conversation = start_conversation(ex)
@@ -218,18 +236,43 @@ def save_metrics(metrics: dict, path: str | Path) -> None:
     atomic_write_json(path, {key: plain(value) for key, value in metrics.items()})
 
 
+def dataset_fingerprint(dataset_path: str, split: str) -> str:
+    """A content hash of a saved split's data files: the same questions and prompts give the same fingerprint."""
+    from llama_squad.io import fingerprint_files
+
+    return fingerprint_files(sorted((Path(dataset_path) / split).glob("*.arrow")))
+
+
 def load_examples(dataset_path: str, split: str, limit: int | None):
-    """The split of a dataset written by create_dataset.py (the first ``limit`` rows)."""
+    """The split of a dataset written by create_dataset.py (the first ``limit`` rows), checked to be one."""
     from datasets import load_from_disk
 
     from llama_squad.io import InputError
+    from llama_squad.tasks import TASK_MODULES
+    from llama_squad.tasks.common import DATASET_COLUMNS
 
     if not (Path(dataset_path) / "dataset_dict.json").exists():
         raise InputError(f"{dataset_path}: not a dataset folder written by create_dataset.py (no dataset_dict.json)")
-    dataset = load_from_disk(dataset_path)
+    try:
+        dataset = load_from_disk(dataset_path)
+    except (OSError, ValueError) as e:  # a missing or corrupt data file
+        raise InputError(
+            f"{dataset_path}: cannot read the dataset ({e}); write it again with create_dataset.py"
+        ) from None
     if split not in dataset:
-        raise InputError(f"{dataset_path}: no split {split!r} (it has {', '.join(dataset)})")
+        raise InputError(f"{dataset_path}: no split {split!r} (it has {', '.join(dataset)}): pick one with --split")
     examples = dataset[split]
+    missing = [c for c in DATASET_COLUMNS if c not in examples.column_names]
+    if missing:
+        raise InputError(
+            f"{dataset_path}: the {split} split lacks the columns {missing} (it has {examples.column_names}); "
+            "it was not written by create_dataset.py: build it with create_dataset.py"
+        )
+    if len(examples) == 0:
+        raise InputError(f"{dataset_path}: the {split} split is empty: nothing to answer")
+    tasks = set(examples.unique("task"))
+    if len(tasks) != 1 or not tasks <= set(TASK_MODULES):
+        raise InputError(f"{dataset_path}: the {split} split must hold one known task, it holds {sorted(tasks)}")
     if limit is not None:
         examples = examples.select(range(min(limit, len(examples))))
     return [dict(ex) for ex in examples]

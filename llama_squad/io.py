@@ -1,5 +1,6 @@
 """Crash-safe file output (write to a temporary path, then rename) and JSON input with errors that name the file."""
 
+import hashlib
 import json
 import os
 import shutil
@@ -20,11 +21,20 @@ def atomic_path(path: str | os.PathLike, *, is_dir: bool = False, overwrite: boo
 
     Readers never see a half-written file or folder: ``path`` either keeps its old content or gets the complete
     new one. A folder that exists is replaced only with ``overwrite``.
+
+    The result has the mode a plain ``open()`` or ``mkdir()`` creates (0o666 or 0o777 less the umask: 0o644 or 0o755
+    under umask 022), not the private one of the temporary path, which the caller may still change. A replaced file's
+    mode is not kept: this writes a new file, as ``mv`` does, and files made private by earlier writes get it back.
     """
     path = Path(path)
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} already exists: pass --overwrite to replace it, or choose another path")
     path.parent.mkdir(parents=True, exist_ok=True)
+    try:  # the umask has no getter: Linux shows it in /proc, elsewhere set a private one and put it back at once
+        umask = int(Path("/proc/self/status").read_text().split("Umask:", 1)[1].split()[0], 8)
+    except (OSError, IndexError, ValueError):
+        umask = os.umask(0o077)
+        os.umask(umask)
     if is_dir:
         tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
     else:
@@ -32,6 +42,7 @@ def atomic_path(path: str | os.PathLike, *, is_dir: bool = False, overwrite: boo
         os.close(fd)
         tmp = Path(name)
     try:
+        tmp.chmod((0o777 if is_dir else 0o666) & ~umask)  # mkdtemp and mkstemp make them 0o700 and 0o600
         yield tmp
         if is_dir and path.exists():
             old = path.with_name(f".{path.name}.old-{os.getpid()}")
@@ -59,14 +70,24 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
 
 
+def _cannot_open(path: Path, error: OSError) -> InputError:
+    """The error of an input file that cannot be opened: missing, a folder, or not readable."""
+    if isinstance(error, FileNotFoundError):
+        return InputError(f"{path}: no such file; check the path")
+    if isinstance(error, IsADirectoryError):
+        return InputError(f"{path}: is a folder, not a file; pass the file inside it")
+    if isinstance(error, PermissionError):
+        return InputError(f"{path}: permission denied; make the file readable (chmod a+r) or pass a readable copy")
+    return InputError(f"{path}: cannot be read ({error.strerror or error}); check the file")
+
+
 def read_json(path: str | os.PathLike) -> Any:
-    """Load a JSON file; malformed or truncated JSON raises :class:`InputError` naming the file and the position."""
+    """Load a JSON file; a missing, unreadable or malformed file raises :class:`InputError` naming it (and the
+    position of a JSON error)."""
     path = Path(path)
     try:
         with open(path, encoding="utf-8") as f:
             return json.load(f)
-    except FileNotFoundError:
-        raise InputError(f"{path}: no such file") from None
     except json.JSONDecodeError as e:
         raise InputError(
             f"{path}: not valid JSON ({e.msg} at line {e.lineno}, column {e.colno}); "
@@ -74,22 +95,88 @@ def read_json(path: str | os.PathLike) -> Any:
         ) from None
     except UnicodeDecodeError as e:
         raise InputError(f"{path}: not UTF-8 text ({e}); convert it to UTF-8") from None
+    except OSError as e:
+        raise _cannot_open(path, e) from None
 
 
 def iter_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, dict]]:
-    """Yield ``(line_number, record)`` for each non-blank line of a JSON Lines file."""
+    """Yield ``(line_number, record)`` for each non-blank line of a JSON Lines file; a missing, unreadable or
+    malformed file raises :class:`InputError` naming it (and the line)."""
     path = Path(path)
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, start=1):
-            if not line.strip():
+    try:
+        f = open(path, encoding="utf-8")  # closed by the with below; open errors are reported apart
+    except OSError as e:
+        raise _cannot_open(path, e) from None
+    with f:
+        number = 0
+        try:
+            for number, line in enumerate(f, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise InputError(
+                        f"{path}: line {number} is not valid JSON ({e.msg}, column {e.colno}); "
+                        "each line must hold one JSON object: fix or remove that line"
+                    ) from None
+                if not isinstance(record, dict):
+                    raise InputError(
+                        f"{path}: line {number} holds a {type(record).__name__}, not a JSON object; "
+                        "each line must hold one question: fix or remove that line"
+                    )
+                yield number, record
+        except UnicodeDecodeError as e:
+            after = f" after line {number}" if number else ""
+            raise InputError(f"{path}: not UTF-8 text{after} ({e}); convert it to UTF-8") from None
+
+
+LOCK_NAME = ".llama_squad.lock"
+
+
+@contextmanager
+def output_lock(folder: str | os.PathLike, option: str = "--output_dir") -> Iterator[Path]:
+    """Hold an exclusive lock on an output folder for the duration of a run; a second run on it fails at once.
+
+    The lock is an OS file lock (``filelock``) on ``folder/.llama_squad.lock``: the kernel drops it when the process
+    dies, so a crashed run never leaves the folder locked. The folder is created if needed.
+    """
+    from filelock import FileLock, Timeout
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(folder / LOCK_NAME, timeout=0)
+    try:
+        lock.acquire()
+    except Timeout:
+        raise InputError(
+            f"{option} {folder}: another run is writing to this folder right now (it holds {folder / LOCK_NAME}); "
+            f"wait for it to finish, or pass another {option}"
+        ) from None
+    try:
+        yield folder
+    finally:
+        lock.release()
+
+
+def fingerprint_files(paths: list[str | os.PathLike], sample_bytes: int | None = None) -> str:
+    """A content hash of ``paths`` (names, sizes and bytes) that survives copying and renaming the files.
+
+    With ``sample_bytes`` only that many bytes of each file are read (its head, then evenly spaced blocks to its
+    end): cheap for multi-gigabyte weights, and still different for any retrained model, whose every block changes.
+    """
+    digest = hashlib.blake2b(digest_size=16)
+    for path in sorted(Path(p) for p in paths):
+        size = path.stat().st_size
+        digest.update(f"{path.name}\0{size}\0".encode())
+        with open(path, "rb") as f:
+            if sample_bytes is None or size <= sample_bytes:
+                while chunk := f.read(1 << 20):
+                    digest.update(chunk)
                 continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise InputError(
-                    f"{path}: line {number} is not valid JSON ({e.msg}, column {e.colno}); "
-                    "each line must hold one JSON object: fix or remove that line"
-                ) from None
-            if not isinstance(record, dict):
-                raise InputError(f"{path}: line {number} holds a {type(record).__name__}, not a JSON object")
-            yield number, record
+            block = 1 << 16
+            count = max(1, sample_bytes // block)
+            for k in range(count):
+                f.seek((size - block) * k // max(1, count - 1))
+                digest.update(f.read(block))
+    return digest.hexdigest()

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from llama_squad.io import InputError, atomic_path
+from llama_squad.io import InputError, atomic_path, fingerprint_files, read_json
 
 logger = logging.getLogger(__name__)
 
@@ -31,6 +31,8 @@ DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch
 QUANTIZATIONS = ("4bit", "8bit")
 # Tokens that exist only to pad, in the order they are tried when a tokenizer has no pad token.
 PAD_TOKEN_CANDIDATES = ("<pad>", "<|pad|>", "[PAD]", "<|padding|>", "<|finetune_right_pad_id|>")
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".safetensors.index.json", ".bin.index.json")
+ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
 
 
 class ModelError(InputError):
@@ -151,7 +153,6 @@ def convert_embedded(gguf: str | os.PathLike, output_dir: str | os.PathLike) -> 
     )
 
     with atomic_path(output_dir, is_dir=True) as tmp:
-        tmp.chmod(0o755)  # a temporary folder is private; the cache may be shared
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         marker = {"source": _gguf_source(gguf), "transformers": metadata.version("transformers")}
@@ -211,6 +212,84 @@ def _remove_stale_temporaries(output_dir: Path, max_age_s: float = 3600) -> None
             shutil.rmtree(path, ignore_errors=True)
 
 
+def check_model_source(model_name_or_path: str, option: str = "--model_name_or_path") -> None:
+    """Fail before any loading when ``model_name_or_path`` can be neither a model folder nor a Hub id.
+
+    The embedded model needs its package; a folder needs a ``config.json``; a path that does not exist, or a Hub id
+    while ``HF_HUB_OFFLINE`` is set and the id is not in the local Hub cache, is named with the fix.
+    """
+    if is_embedded(model_name_or_path):
+        embedded_gguf_path()
+        return
+    path = Path(model_name_or_path).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            hint = (
+                " (it is a LoRA adapter: pass it as --adapter_path)"
+                if (path / "adapter_config.json").is_file()
+                else ""
+            )
+            raise ModelError(f"{option} {model_name_or_path}: a folder without config.json, not a model{hint}")
+        return
+    if path.exists():
+        raise ModelError(f"{option} {model_name_or_path}: a file, not a model folder or a Hub id")
+    looks_local = model_name_or_path.startswith((".", "/", "~")) or model_name_or_path.count("/") != 1
+    if looks_local:
+        raise ModelError(f"{option} {model_name_or_path}: no such folder (and not a Hub id, which is NAMESPACE/NAME)")
+    from huggingface_hub import try_to_load_from_cache
+    from huggingface_hub.constants import HF_HUB_OFFLINE
+
+    if HF_HUB_OFFLINE and not isinstance(try_to_load_from_cache(model_name_or_path, "config.json"), str):
+        raise ModelError(
+            f"{option} {model_name_or_path}: no such folder, and this Hub model is not in the local cache while "
+            "HF_HUB_OFFLINE is set: unset HF_HUB_OFFLINE to download it, or pass a model folder"
+        )
+
+
+def model_fingerprint(model_name_or_path: str) -> str:
+    """What identifies a model's weights for a results record: the GGUF's package and size for the embedded model,
+    a sampled content hash of config and weights for a folder, the id for a Hub model."""
+    if is_embedded(model_name_or_path):
+        return "embedded:" + json.dumps(_gguf_source(embedded_gguf_path()), sort_keys=True)
+    path = Path(model_name_or_path).expanduser()
+    if not path.is_dir():
+        return f"hub:{model_name_or_path}"
+    files = [p for p in path.iterdir() if p.is_file() and p.name.endswith(WEIGHT_SUFFIXES + ("config.json",))]
+    return fingerprint_files(files, sample_bytes=1 << 22)
+
+
+def check_adapter(adapter_path: str | os.PathLike) -> dict:
+    """The adapter_config.json of a LoRA adapter folder, once its config parses and its weights are whole."""
+    from llama_squad.checkpoints import file_problem
+
+    folder = Path(adapter_path)
+    option = f"--adapter_path {adapter_path}"
+    if not (folder / "adapter_config.json").is_file():
+        raise ModelError(f"{option}: no adapter_config.json (expected train.py's output_dir, or a checkpoint in it)")
+    try:
+        config = read_json(folder / "adapter_config.json")
+    except InputError as e:
+        raise ModelError(f"{option}: {e}") from None
+    if not isinstance(config, dict) or not isinstance(config.get("peft_type"), str):
+        raise ModelError(
+            f"{option}: {folder / 'adapter_config.json'} is not a PEFT adapter config (no 'peft_type'); "
+            "re-run train.py, or restore the file from the checkpoint it came from"
+        )
+    weights = [folder / name for name in ADAPTER_WEIGHTS if (folder / name).is_file()]
+    if not weights:
+        raise ModelError(f"{option}: no adapter weights ({' or '.join(ADAPTER_WEIGHTS)})")
+    problem = file_problem(weights[0])
+    if problem:
+        raise ModelError(f"{option}: {problem}; re-run train.py, or use one of its checkpoint-N folders")
+    return config
+
+
+def adapter_fingerprint(adapter_path: str | os.PathLike) -> str:
+    """A content hash of an adapter's config and weights (a retrained adapter gets another one)."""
+    folder = Path(adapter_path)
+    return fingerprint_files([p for p in folder.iterdir() if p.name in ("adapter_config.json", *ADAPTER_WEIGHTS)])
+
+
 def choose_pad_token(tokenizer) -> str:
     """The token to pad with when ``tokenizer`` has none.
 
@@ -234,7 +313,10 @@ def load_tokenizer(path: str | os.PathLike, *, trust_remote_code: bool = False, 
     """The tokenizer at ``path`` (Hub id or folder), with a pad token (``choose_pad_token``) if it had none."""
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code, padding_side=padding_side)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code, padding_side=padding_side)
+    except OSError as e:  # not found, not reachable, gated: transformers says which
+        raise ModelError(f"{path}: cannot load its tokenizer ({str(e).strip().splitlines()[0]})") from None
     if tokenizer.pad_token is None:
         tokenizer.pad_token = choose_pad_token(tokenizer)
         logger.info("%s has no pad token: padding with %r (id %d)", path, tokenizer.pad_token, tokenizer.pad_token_id)
@@ -320,9 +402,12 @@ def load_model(
             device_map = {"": int(os.environ.get("LOCAL_RANK", 0)) if torch.cuda.is_available() else "cpu"}
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
-    model = AutoModelForCausalLM.from_pretrained(
-        path, dtype=torch_dtype, device_map=device_map, trust_remote_code=trust_remote_code, **kwargs
-    )
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            path, dtype=torch_dtype, device_map=device_map, trust_remote_code=trust_remote_code, **kwargs
+        )
+    except OSError as e:  # not found, not reachable, missing weight files
+        raise ModelError(f"{path}: cannot load the model ({str(e).strip().splitlines()[0]})") from None
     quantized = f", {quantization}" if quantization else ""
     size = model.num_parameters() / 1e6
     dtype_name = str(torch_dtype).removeprefix("torch.")
@@ -347,8 +432,8 @@ def load_for_inference(
     With ``merge_adapter`` the adapter is folded into the weights (W + BA), so that generating costs what the base
     model costs instead of two extra matmuls per adapted layer; the answers are the same up to rounding. A quantized
     model keeps the adapter beside its 4/8-bit weights (merging into them would round the adapter away)."""
-    if adapter_path is not None and not (Path(adapter_path) / "adapter_config.json").is_file():
-        raise ModelError(f"--adapter_path {adapter_path}: no adapter_config.json (expected train.py's output_dir)")
+    if adapter_path is not None:
+        check_adapter(adapter_path)
     path = resolve_model_path(model_name_or_path, cache_dir=cache_dir)
     has_tokenizer = adapter_path is not None and (Path(adapter_path) / "tokenizer_config.json").is_file()
     tokenizer_path = adapter_path if has_tokenizer else path

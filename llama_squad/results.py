@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from llama_squad.io import InputError, atomic_path
+from llama_squad.io import InputError, atomic_path, atomic_write_json, read_json
 
 logger = logging.getLogger(__name__)
 
@@ -52,6 +52,63 @@ def _to_csv_text(rows: Iterable[dict], columns: list[str], header: bool) -> str:
     return buffer.getvalue()
 
 
+def read_complete_rows(path: str | os.PathLike, columns: list[str]) -> tuple[list[list[str]], bool]:
+    """The complete rows of a results file that a crash may have cut short, and whether its end must be dropped.
+
+    A row counts when it has every field and its line break; a row cut by a crash (or a character cut in two) is
+    not, and neither are the earlier rows of its example (an example's rows are written together). Read-only.
+    """
+    path = Path(path)
+    data = path.read_bytes()
+    cut_bytes = False
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        if b"\n" in data[e.start :]:  # a crash can only cut the last line: bad bytes earlier are corruption
+            line = data[: e.start].count(b"\n") + 1
+            raise InputError(
+                f"{path}: line {line} is not UTF-8 ({e.reason} at byte {e.start}); the file was changed outside "
+                "test.py: restore it, or delete it (with run.json) to start again"
+            ) from None
+        text = data[: e.start].decode("utf-8")  # a character cut in two by a crash: its line is dropped below
+        cut_bytes = True
+    lines = text.splitlines(keepends=True)
+    consumed = 0
+
+    def line_source():
+        nonlocal consumed
+        for line in lines:
+            consumed += 1
+            yield line
+
+    reader = csv.reader(line_source(), strict=True)
+    rows: list[list[str]] = []
+    try:
+        header = next(reader, None)
+    except csv.Error:
+        header = None
+    if header != columns:
+        raise InputError(
+            f"{path}: its columns {header} are not this run's {columns}; it was written by another task or "
+            "version: choose another --output_dir, or delete the file"
+        )
+    good_lines = consumed
+    try:
+        for row in reader:
+            if len(row) != len(columns) or not lines[consumed - 1].endswith("\n"):
+                break
+            rows.append(row)
+            good_lines = consumed
+    except csv.Error:  # a quoted field cut short by a crash
+        pass
+    tail = "".join(lines[good_lines:])
+    if tail.strip():
+        cut_id = next(csv.reader([tail.split("\n", 1)[0]]), [""])[0]
+        while rows and rows[-1][0] == cut_id:
+            rows.pop()
+    return rows, bool(tail) or cut_bytes
+
+
 class ResultsWriter:
     """Appends results rows to a CSV file, one durable batch at a time, and resumes an interrupted file.
 
@@ -71,41 +128,8 @@ class ResultsWriter:
             self._write(_to_csv_text([], columns, header=True), mode="w")
 
     def _recover(self) -> None:
-        text = self.path.read_text(encoding="utf-8")
-        lines = text.splitlines(keepends=True)
-        consumed = 0
-
-        def line_source():
-            nonlocal consumed
-            for line in lines:
-                consumed += 1
-                yield line
-
-        reader = csv.reader(line_source(), strict=True)
-        rows: list[list[str]] = []  # complete rows: the right number of fields, ended by a line break
-        good_lines = 0
-        header = next(reader, None)
-        if header != self.columns:
-            raise InputError(
-                f"{self.path}: its columns {header} are not this run's {self.columns}; "
-                "it was written by another task or version: choose another output file or delete it"
-            )
-        good_lines = consumed
-        try:
-            for row in reader:
-                if len(row) != len(self.columns) or not lines[consumed - 1].endswith("\n"):
-                    break
-                rows.append(row)
-                good_lines = consumed
-        except csv.Error:  # a quoted field cut short by a crash
-            pass
-        tail = "".join(lines[good_lines:])
-        if tail:
-            # rows of one example are written together: if the cut row belongs to the last kept example, its
-            # earlier rows are incomplete too
-            cut_id = next(csv.reader([tail.split("\n", 1)[0]]), [""])[0] if tail.strip() else ""
-            while rows and rows[-1][0] == cut_id:
-                rows.pop()
+        rows, cut = read_complete_rows(self.path, self.columns)
+        if cut:
             logger.warning("%s: dropping the incomplete end of an interrupted run", self.path)
             buffer = io.StringIO()
             writer = csv.writer(buffer, lineterminator="\n")
@@ -138,6 +162,78 @@ class ResultsWriter:
         self.rows_written += len(rows)
 
 
+RUN_RECORD = "run.json"  # beside results.csv: the settings that define its rows, and how many examples it asks
+
+
+def flatten(settings: dict, prefix: str = "") -> dict:
+    """``{"a": {"b": 1}}`` → ``{"a.b": 1}``: settings compared key by key."""
+    flat = {}
+    for key, value in settings.items():
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def read_run_record(folder: str | os.PathLike) -> dict | None:
+    """The run record of a results folder (``run.json``), or None if it has none."""
+    path = Path(folder) / RUN_RECORD
+    if not path.exists():
+        return None
+    record = read_json(path)
+    if not isinstance(record, dict) or not isinstance(record.get("settings"), dict):
+        raise InputError(f"{path}: not a run record written by test.py (no 'settings'); delete it with results.csv")
+    return record
+
+
+def check_resume(folder: str | os.PathLike, settings: dict, examples: int, overwrite: bool) -> dict | None:
+    """Refuse to add rows to a results file made with other settings; returns its run record (None if none).
+
+    The settings must be equal key by key; the new run may ask more examples than the old one (a larger
+    ``--limit``: the first rows are the same questions), never fewer. ``overwrite`` discards old results instead.
+    """
+    folder = Path(folder)
+    csv_path = folder / "results.csv"
+    if overwrite or not csv_path.exists():
+        return None
+    record = read_run_record(folder)
+    fix = "pass --overwrite to discard them and start again, or choose another --output_dir"
+    if record is None:
+        raise InputError(
+            f"{csv_path}: results without a run record ({RUN_RECORD}), so their settings are unknown "
+            f"and this run cannot add to them: {fix}"
+        )
+    old, new = flatten(record["settings"]), flatten(settings)
+    differences = [
+        f"{key}: {old.get(key, '(unset)')!r} in {RUN_RECORD}, {new.get(key, '(unset)')!r} now"
+        for key in sorted(set(old) | set(new))
+        if old.get(key) != new.get(key)
+    ]
+    if differences:
+        raise InputError(
+            f"{csv_path} holds results of other settings; adding rows would mix two runs. What differs:\n  - "
+            + "\n  - ".join(differences)
+            + f"\nRun with the same settings to resume, or {fix}."
+        )
+    if record.get("examples", 0) > examples:
+        raise InputError(
+            f"{csv_path} is for {record['examples']} questions (--limit {record.get('limit')}), this run asks "
+            f"{examples}: a smaller --limit cannot resume it; pass --limit {record.get('limit')} (or none), or {fix}"
+        )
+    return record
+
+
+def start_run(folder: str | os.PathLike, settings: dict, examples: int, info: dict, overwrite: bool) -> None:
+    """Before the first row: discard old results if asked, write the run record, remove a metrics.json that would
+    no longer describe the rows (test.py writes it again once every question is answered)."""
+    folder = Path(folder)
+    names = ("results.csv", "metrics.json", RUN_RECORD) if overwrite else ("metrics.json",)
+    for name in names:
+        (folder / name).unlink(missing_ok=True)
+    atomic_write_json(folder / RUN_RECORD, {"settings": settings, "examples": examples, **info})
+
+
 def read_results(path: str | os.PathLike) -> pd.DataFrame:
     """Load a results CSV, checking it has every column of :data:`RESULT_COLUMNS`, with typed columns."""
     path = Path(path)
@@ -167,7 +263,29 @@ def read_results(path: str | os.PathLike) -> pd.DataFrame:
             row = int(values.isna().idxmax())
             raise InputError(f"{path}: column {column!r} must be numeric; line {row + 2} has {df[column][row]!r}")
         df[column] = values
-    df["answers"] = [json.loads(a) for a in df["answers"]]
+    answers = []
+    for row, text in enumerate(df["answers"]):
+        try:
+            value = json.loads(text)
+        except ValueError:
+            value = None
+        if not isinstance(value, list) or not all(isinstance(a, str) for a in value):
+            raise InputError(
+                f"{path}: column 'answers' must hold a JSON list of strings ([] for no answer); line {row + 2} has "
+                f"{text!r}: fix that line, or re-run test.py"
+            )
+        answers.append(value)
+    df["answers"] = answers
+    duplicated = df["id"].duplicated()
+    if duplicated.any():
+        logger.warning(
+            "%s: %d rows repeat an earlier row's id (first: %r, line %d); counting each id once (the first row)",
+            path,
+            int(duplicated.sum()),
+            df["id"][duplicated.idxmax()],
+            int(duplicated.idxmax()) + 2,
+        )
+        df = df[~duplicated].reset_index(drop=True)
     return df
 
 

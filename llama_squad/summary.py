@@ -1,12 +1,15 @@
 """Tables and a chart across runs: one row of metrics per results file."""
 
+import logging
 import os
 from pathlib import Path
 
 import pandas as pd
 
 from llama_squad.io import InputError, atomic_path
-from llama_squad.results import read_results, summarize
+from llama_squad.results import read_results, read_run_record, summarize
+
+logger = logging.getLogger(__name__)
 
 HEADLINE = {  # the metrics a chart shows, per task
     "squad_v2": ["valid_json", "exact", "f1", "HasAns_exact", "NoAns_exact"],
@@ -28,8 +31,21 @@ def metrics_table(runs: dict[str, dict]) -> pd.DataFrame:
     return table.dropna(axis=1, how="all")
 
 
+def run_status(path: str | os.PathLike, results: pd.DataFrame) -> str:
+    """ "complete", "partial (answered/asked)" from the run record beside a results file, or "unknown" without one."""
+    folder = Path(path) if Path(path).is_dir() else Path(path).parent
+    record = read_run_record(folder)
+    if record is None or not isinstance(record.get("examples"), int):
+        return "unknown"
+    answered = results["example_id"].nunique()
+    if answered < record["examples"]:
+        return f"partial ({answered}/{record['examples']})"
+    return "complete"
+
+
 def summarize_files(paths: list[str]) -> pd.DataFrame:
-    """One row per results file (indexed by run name, with a ``task`` column), metric columns in a fixed order."""
+    """One row per results file (indexed by run name, with ``task`` and ``status`` columns), metric columns in a
+    fixed order. A run whose results hold fewer questions than its run record asks is marked partial, and logged."""
     runs: dict[str, dict] = {}
     for path in paths:
         results = read_results(path)
@@ -38,7 +54,10 @@ def summarize_files(paths: list[str]) -> pd.DataFrame:
         name = run_name(path)
         if name in runs:  # two runs with the same folder name: tell them apart by their full path
             name = str(Path(path).parent if Path(path).name == "results.csv" else Path(path))
-        runs[name] = {"task": results["task"].iloc[0], **summarize(results)}
+        status = run_status(path, results)
+        if status.startswith("partial"):
+            logger.warning("%s: %s questions answered: the run has not finished; resume it with test.py", path, status)
+        runs[name] = {"task": results["task"].iloc[0], "status": status, **summarize(results)}
     return metrics_table(runs)
 
 
@@ -70,7 +89,13 @@ def plot_summary(table: pd.DataFrame, path: str | os.PathLike) -> None:
     for ax, task in zip(axes[0], tasks, strict=False):
         runs = table[table["task"] == task]
         metrics = [m for m in HEADLINE[task] if m in runs.columns]
-        runs[metrics].T.plot.bar(ax=ax, rot=0, width=0.8)
+        bars = runs[metrics].T
+        if "status" in runs.columns:  # a partial run says so in the legend: its bars are not final
+            bars.columns = [
+                n if s in ("complete", "unknown") else f"{n} ({s})"
+                for n, s in zip(runs.index, runs["status"], strict=True)
+            ]
+        bars.plot.bar(ax=ax, rot=0, width=0.8)
         ax.set_ylim(0, 100)
         ax.set_ylabel("%")
         ax.set_title(task)

@@ -17,18 +17,46 @@ RUN_CONFIG = "run_config.yaml"
 
 def validate(model_args: ModelArguments, script_args: ScriptArguments, config: TrainConfig) -> None:
     """Check the options together before any long work; raise once, naming every problem and its flag."""
+    from llama_squad.models import ModelError, check_model_source
+
     problems = []
     if not (Path(script_args.dataset_path) / "dataset_dict.json").exists():
         problems.append(
             f"--dataset_path {script_args.dataset_path}: not a dataset written by create_dataset.py "
             "(no dataset_dict.json): run create_dataset.py first"
         )
+    try:
+        check_model_source(model_args.model_name_or_path)
+    except ModelError as e:
+        problems.append(str(e))
     if model_args.quantization not in (None, "4bit", "8bit"):
         problems.append(f"--quantization {model_args.quantization}: choose 4bit or 8bit")
     if model_args.quantization and not model_args.use_peft:
         problems.append("--quantization needs --use_peft: a quantized model can only be trained through an adapter")
     if config.max_length is None or config.max_length < 16:
         problems.append(f"--max_length {config.max_length}: give the longest example length in tokens (e.g. 1024)")
+    positive = {
+        "--per_device_train_batch_size": config.per_device_train_batch_size,
+        "--per_device_eval_batch_size": config.per_device_eval_batch_size,
+        "--gradient_accumulation_steps": config.gradient_accumulation_steps,
+        "--lora_r": model_args.lora_r,
+        "--max_train_examples": script_args.max_train_examples,
+        "--save_steps": config.save_steps if config.save_strategy != "no" else None,
+        "--logging_steps": config.logging_steps,
+    }
+    for flag, value in positive.items():
+        if value is not None and not value > 0:
+            problems.append(f"{flag} {value}: must be a positive number")
+    if script_args.max_eval_examples is not None and script_args.max_eval_examples < 0:
+        problems.append(f"--max_eval_examples {script_args.max_eval_examples}: give 0 or more (None: all)")
+    if not config.learning_rate > 0:
+        problems.append(f"--learning_rate {config.learning_rate}: must be > 0 (e.g. 2e-4 for LoRA)")
+    if config.max_steps <= 0 and not config.num_train_epochs > 0:
+        problems.append(f"--num_train_epochs {config.num_train_epochs}: must be > 0 (or give --max_steps)")
+    if not 0 <= model_args.lora_dropout < 1:
+        problems.append(f"--lora_dropout {model_args.lora_dropout}: must be in [0, 1)")
+    if not model_args.lora_alpha > 0:
+        problems.append(f"--lora_alpha {model_args.lora_alpha}: must be > 0 (commonly 2 x --lora_r)")
     if (config.padding_free or config.packing) and not str(model_args.attn_implementation).startswith(
         "flash_attention"
     ):
@@ -38,16 +66,62 @@ def validate(model_args: ModelArguments, script_args: ScriptArguments, config: T
         )
     if model_args.fp16_overflow_guard and not config.fp16:
         problems.append("--fp16_overflow_guard is for float16 training: add --fp16, or drop the guard")
+    wanted = config.resume_from_checkpoint
+    if wanted is not None and str(wanted).lower() not in ("no", "none", "false", "latest", "true", "yes"):
+        from llama_squad.checkpoints import checkpoint_problem
+
+        problem = checkpoint_problem(wanted, config.save_only_model)
+        if problem:
+            problems.append(
+                f"--resume_from_checkpoint {wanted}: cannot resume from it ({problem}); pick another checkpoint, or "
+                "leave the option out to take the newest complete one"
+            )
     if script_args.hub_repo_id and not model_args.use_peft:
         problems.append("--hub_repo_id pushes the merged adapter: it needs --use_peft")
     if problems:
-        raise ValueError("invalid options:\n  - " + "\n  - ".join(problems))
+        raise InputError("invalid options:\n  - " + "\n  - ".join(problems))
 
 
 def resolved_config(model_args, script_args, config) -> dict:
     """Every option of the run, as plain YAML-able values."""
     training = {k: v for k, v in config.to_dict().items() if not k.startswith("_")}
     return {"model": dataclasses.asdict(model_args), "script": dataclasses.asdict(script_args), "training": training}
+
+
+# Options that decide what a checkpoint holds: resuming it under other values would fail inside the Trainer, or
+# silently train another model than the checkpoint's.
+CHECKPOINT_SHAPE = ("model_name_or_path", "quantization", "use_peft", "lora_r", "lora_alpha", "lora_target_modules")
+
+
+def check_resume_config(resolved: dict, output_dir: str, checkpoint: str) -> None:
+    """Compare a resumed run's options with those the checkpoint's run saved (``run_config.yaml``): refuse when the
+    model or adapter differs, warn about every other change (a new learning rate, say, is a user's right)."""
+    path = Path(output_dir) / RUN_CONFIG
+    if not path.exists():
+        return
+    try:
+        old = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError):
+        logger.warning("%s is unreadable: cannot compare this run's options with the previous run's", path)
+        return
+    if not isinstance(old, dict):
+        return
+    changed = []
+    for section in ("model", "script", "training"):
+        before, now = old.get(section) or {}, resolved.get(section) or {}
+        for key in sorted(set(before) | set(now)):
+            if before.get(key) != now.get(key) and key not in ("resume_from_checkpoint", "hub_token", "logging_dir"):
+                changed.append((section, key, before.get(key), now.get(key)))
+    shape = [c for c in changed if c[0] == "model" and c[1] in CHECKPOINT_SHAPE]
+    if shape:
+        raise InputError(
+            f"--output_dir {output_dir}: {checkpoint} was trained with other model options ("
+            + "; ".join(f"--{k} {b!r} then, {n!r} now" for _, k, b, n in shape)
+            + "): run with the same options to resume it, pass --resume_from_checkpoint no to start afresh in this "
+            "folder (its checkpoints are then overwritten), or choose another --output_dir"
+        )
+    for _, key, before, now in changed:
+        logger.warning("resuming with --%s %r (the checkpoint's run had %r)", key, now, before)
 
 
 def save_run_config(resolved: dict, output_dir: str) -> Path:
@@ -58,17 +132,25 @@ def save_run_config(resolved: dict, output_dir: str) -> Path:
 
 
 def find_checkpoint(config: TrainConfig) -> str | None:
-    """The checkpoint to resume from: the one given, else the latest in output_dir; None for a fresh start."""
-    from transformers.trainer_utils import get_last_checkpoint
+    """The checkpoint to resume from: the one given (which must be complete), else the newest complete one in
+    output_dir (torn ones are skipped, logged and moved aside); None for a fresh start."""
+    from llama_squad.checkpoints import checkpoint_problem, latest_complete_checkpoint
 
     wanted = config.resume_from_checkpoint
     if wanted is not None and str(wanted).lower() in ("no", "none", "false"):
         return None
     if wanted is not None and str(wanted).lower() not in ("latest", "true", "yes"):
-        if not Path(wanted).is_dir():
-            raise InputError(f"--resume_from_checkpoint {wanted}: no such checkpoint folder")
+        problem = checkpoint_problem(wanted, config.save_only_model)
+        if problem:
+            raise InputError(
+                f"--resume_from_checkpoint {wanted}: cannot resume from it ({problem}); "
+                "pick another checkpoint, or leave the option out to take the newest complete one"
+            )
         return str(wanted)
-    return get_last_checkpoint(config.output_dir) if os.path.isdir(config.output_dir) else None
+    found = latest_complete_checkpoint(
+        config.output_dir, config.save_only_model, move_incomplete=int(os.environ.get("RANK", "0")) == 0
+    )
+    return str(found) if found else None
 
 
 def load_training_data(script_args: ScriptArguments, tokenizer, max_length: int, seed: int = 42):
@@ -90,7 +172,10 @@ def load_training_data(script_args: ScriptArguments, tokenizer, max_length: int,
         train = train.shuffle(seed=seed).select(range(min(script_args.max_train_examples, len(train))))
     if script_args.max_eval_examples is not None:
         validation = validation.select(range(min(script_args.max_eval_examples, len(validation))))
-    train, dropped = tokenize_dataset(train, tokenizer, max_length)
+    try:
+        train, dropped = tokenize_dataset(train, tokenizer, max_length)
+    except ValueError as e:  # the tokenizer's chat template cannot render or delimit the answers
+        raise InputError(f"{script_args.dataset_path}: cannot tokenize the training examples: {e}") from None
     if dropped:
         logger.warning("dropped %d training examples longer than --max_length %d", dropped, max_length)
     if len(train) == 0:

@@ -414,9 +414,9 @@ def test_cli_bad_files_give_one_clean_line(files, which, content, message, capsy
 def test_cli_unreadable_files(files, tmp_path, capsys):
     data, predictions = files
     assert main([str(data), str(tmp_path / "nope.json")]) == 1
-    assert capsys.readouterr().err == f"squad_eval: error: {tmp_path / 'nope.json'}: no such file\n"
+    assert capsys.readouterr().err == f"squad_eval: error: {tmp_path / 'nope.json'}: no such file; check the path\n"
     assert main([str(data), str(tmp_path)]) == 1
-    assert capsys.readouterr().err.startswith(f"squad_eval: error: {tmp_path}: cannot read the predictions")
+    assert capsys.readouterr().err.startswith(f"squad_eval: error: {tmp_path}: is a folder, not a file")
     na_probs = tmp_path / "na.json"
     na_probs.write_text('{"q1": 0.5}')
     assert main([str(data), str(predictions), "--na_prob_file", str(na_probs)]) == 1

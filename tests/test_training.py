@@ -12,6 +12,7 @@ import yaml
 
 import train
 from llama_squad import training
+from llama_squad.io import InputError
 from llama_squad.stability import add_fp16_overflow_guard
 
 REPO = Path(__file__).resolve().parents[1]
@@ -163,7 +164,7 @@ def test_fp16_overflow_guard_clamps_infinite_hidden_states():
 def test_options_are_checked_together(tmp_path):
     from llama_squad.config import ModelArguments, ScriptArguments, TrainConfig
 
-    with pytest.raises(ValueError) as error:
+    with pytest.raises(InputError) as error:
         training.validate(
             ModelArguments(quantization="3bit", fp16_overflow_guard=True),
             ScriptArguments(dataset_path=str(tmp_path / "nothing")),
@@ -195,13 +196,14 @@ def test_max_train_examples_is_a_seeded_sample_across_the_split(tiny_dataset_dir
     assert len(towns) > len(set(in_order["title"][:6])) == 2
 
 
-def test_push_without_token_or_offline_fails_before_any_work(tmp_path, monkeypatch, tiny_model_dir, tiny_dataset_dir):
-    from llama_squad.export import HubAccessError
-
+@pytest.mark.parametrize("push", [["--hub_repo_id", "me/model"], ["--push_to_hub", "true"]], ids=lambda p: p[0])
+def test_push_without_token_or_offline_fails_before_any_work(
+    tmp_path, monkeypatch, caplog, tiny_model_dir, tiny_dataset_dir, push
+):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    argv = train_argv(tiny_model_dir, tiny_dataset_dir, tmp_path / "out", "--hub_repo_id", "me/model")
-    with pytest.raises(HubAccessError, match="HF_HUB_OFFLINE"):
-        train.main(argv)
+    argv = train_argv(tiny_model_dir, tiny_dataset_dir, tmp_path / "out", *push)
+    assert train.main(argv) == 1
+    assert f"{push[0]} (" in caplog.text and "HF_HUB_OFFLINE is set" in caplog.text
     assert not (tmp_path / "out").exists()
 
 
@@ -259,3 +261,29 @@ def test_qlora_4bit_trains_an_adapter_and_merges(tmp_path, tiny_model_dir, tiny_
     config = json.loads((out / "adapter_config.json").read_text())
     assert config["r"] == 4 and (out / "adapter_model.safetensors").exists()
     assert (out / "merged" / "model.safetensors").exists()  # merged into a full-precision base
+
+
+TRAIN_RECIPES = sorted(p for p in (REPO / "configs").glob("*.yaml") if not p.name.startswith("dataset_"))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path", TRAIN_RECIPES, ids=lambda p: p.name)
+def test_every_training_recipe_runs_main(path, tmp_path, tiny_model_dir, tiny_dataset_dir):
+    """train.main() on each shipped recipe, one step, with the tiny model and data in place of the recipe's (and
+    float32 instead of bfloat16 where this machine has none): the recipe's own LoRA, quantization, optimizer and
+    schedule options go through the real script."""
+    out = tmp_path / "out"
+    argv = ["--config", str(path), "--model_name_or_path", str(tiny_model_dir), "--dataset_path",
+            str(tiny_dataset_dir), "--output_dir", str(out), "--max_steps", "1", "--save_strategy", "no",
+            "--eval_strategy", "no", "--merge", "false", "--report_to", "none", "--disable_tqdm", "true"]  # fmt: skip
+    if yaml.safe_load(path.read_text()).get("bf16") and not (
+        torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    ):
+        argv += ["--bf16", "false"]
+    assert train.main(argv) == 0
+    assert (out / "adapter_model.safetensors").exists()
+    saved = yaml.safe_load((out / "run_config.yaml").read_text())
+    recipe = yaml.safe_load(path.read_text())
+    for key in ("lora_r", "lora_alpha", "quantization"):
+        if key in recipe:
+            assert saved["model"][key] == recipe[key], key

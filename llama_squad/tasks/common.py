@@ -1,5 +1,7 @@
-"""What every task's dataset shares: the common columns and options."""
+"""What every task's dataset shares: the common columns and options, and the helpers that check them."""
 
+import dataclasses
+import typing
 from dataclasses import dataclass, field
 
 # Columns every dataset row has. ``prompt`` is the system + first user message; ``completion`` is the assistant
@@ -24,3 +26,48 @@ class DatasetArguments:
     )
     seed: int = field(default=42, metadata={"help": "Seed of the validation-split draw."})
     overwrite: bool = field(default=False, metadata={"help": "Replace output_dir if it already exists."})
+
+
+_JSON_TYPES = {
+    dict: "an object",
+    list: "a list",
+    str: "a string",
+    bool: "a boolean",
+    int: "a number",
+    float: "a number",
+}
+
+
+def json_type(value) -> str:
+    """What a JSON value is, for error messages: ``a string ('abc')``, ``null``."""
+    if value is None:
+        return "null"
+    shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "..."
+    return f"{_JSON_TYPES.get(type(value), type(value).__name__)} ({shown})"
+
+
+_TYPE_NAMES = {str: "a string", int: "an integer", float: "a number", bool: "true or false", type(None): "null"}
+
+
+def _is_a(value, kind) -> bool:
+    if kind is type(None):
+        return value is None
+    if isinstance(value, bool) and kind is not bool:  # bool is a subclass of int in Python, not a number here
+        return False
+    if kind is float:
+        return isinstance(value, int | float)
+    return isinstance(value, kind)
+
+
+def option_type_problems(args) -> list[str]:
+    """The options of a dataclass whose value is not of the field's type, one line each: a YAML recipe can give a
+    list or a number where the command line would only give text."""
+    problems = []
+    hints = typing.get_type_hints(type(args))  # not Field.type: HfArgumentParser rewrites it (drops "| None")
+    for f in dataclasses.fields(args):
+        value = getattr(args, f.name)
+        kinds = typing.get_args(hints[f.name]) or (hints[f.name],)
+        if not any(_is_a(value, kind) for kind in kinds):
+            expected = " or ".join(_TYPE_NAMES.get(kind, getattr(kind, "__name__", str(kind))) for kind in kinds)
+            problems.append(f"--{f.name} {value!r}: expected {expected}")
+    return problems

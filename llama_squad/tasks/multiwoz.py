@@ -37,7 +37,7 @@ from datasets import Dataset, DatasetDict, Features, Value, concatenate_datasets
 
 from llama_squad.answers import NO_ANSWER, format_json_answer, parse_json_answer, parse_json_output
 from llama_squad.io import InputError, read_json
-from llama_squad.tasks.common import DatasetArguments
+from llama_squad.tasks.common import DatasetArguments, json_type, option_type_problems
 from llama_squad.tasks.multiwoz_scoring import (
     DOMAINS,
     DONTCARE,
@@ -233,10 +233,24 @@ def load_schema(path: str | Path) -> list[Slot]:
     found = {}
     if isinstance(schema, list):
         for service in schema:
-            for slot in service.get("slots", []) if isinstance(service, dict) else []:
-                if isinstance(slot, dict) and slot.get("name") in SCHEMA_SLOTS:
-                    values = slot.get("possible_values") if slot.get("is_categorical") else None
-                    found[slot["name"]] = Slot(slot["name"], str(slot.get("description", "")), tuple(values or ()))
+            slots = service.get("slots") if isinstance(service, dict) else None
+            for slot in slots if isinstance(slots, list) else []:
+                if not isinstance(slot, dict) or slot.get("name") not in SCHEMA_SLOTS:
+                    continue
+                name, description = slot["name"], slot.get("description", "")
+                values = (slot.get("possible_values") or []) if slot.get("is_categorical") else []
+                if not isinstance(description, str):
+                    problem = f"'description' is {json_type(description)}, not a string"
+                elif not isinstance(values, list) or not all(isinstance(v, str) for v in values):
+                    problem = f"'possible_values' is {json_type(values)}, not a list of strings"
+                else:
+                    problem = None
+                if problem:
+                    raise InputError(
+                        f"{path}: slot {name!r}: {problem}; pass the schema.json of the MultiWOZ 2.2 release, or "
+                        "leave --schema_file out for the built-in copy"
+                    )
+                found[name] = Slot(name, description, tuple(values))
     missing = [name for name in SLOT_NAMES if name not in found]
     if missing:
         raise InputError(
@@ -283,6 +297,17 @@ def gold_values(value) -> tuple[str, ...]:
     return tuple(out)
 
 
+def _slot_values(value, where: str, name: str) -> tuple[str, ...]:
+    """The gold alternatives of a tracked slot's annotated value: a string (``a|b`` for alternatives) or a list of
+    strings; any other JSON value is an error, not a gold value."""
+    if isinstance(value, str) or (isinstance(value, list) and all(isinstance(v, str) for v in value)):
+        return gold_values(value)
+    raise _Invalid(
+        f"{where}: the value of {name} is {json_type(value)}",
+        'a slot\'s value is a string ("cheap", "" when not set) or a list of alternative strings (MultiWOZ 2.2)',
+    )
+
+
 def _utterance(text, where: str, key: str) -> str:
     if not isinstance(text, str):
         raise _Invalid(f"{where} has no {key!r} string", f"every turn needs its utterance in {key!r}")
@@ -302,7 +327,7 @@ def _state_21(metadata: dict, where: str) -> dict[str, tuple[str, ...]]:
             for key, value in slots.items():
                 name = f"{domain}-{prefix}{key.lower()}"
                 if name in SCHEMA_SLOTS:
-                    values = gold_values(value)
+                    values = _slot_values(value, f"{where}: metadata[{domain!r}][{part!r}]", repr(key))
                     if values:
                         state[name] = values
     return state
@@ -377,7 +402,7 @@ def _dialogue_22(dialogue_id: str, record) -> Dialogue:
                 )
             for name, values in slot_values.items():
                 if name in SCHEMA_SLOTS:
-                    values = gold_values(values)
+                    values = _slot_values(values, f"{where}: the frame of service {service!r}", repr(name))
                     if values:
                         state[name] = values
         states.append(state)
@@ -398,6 +423,8 @@ def _load(path: Path):
             text = archive.read(members[0]).decode("utf-8")
     except (zipfile.BadZipFile, OSError) as e:
         raise InputError(f"{path}: not a readable zip file ({e}); download it again") from None
+    except UnicodeDecodeError as e:
+        raise InputError(f"{path} ({members[0]}): not UTF-8 text ({e}); convert it to UTF-8") from None
     try:
         return json.loads(text)
     except json.JSONDecodeError as e:
@@ -460,9 +487,15 @@ def read_dialogues(path: str | Path, *, skip_invalid: bool = False) -> list[Dial
 def read_id_list(path: str | Path) -> list[str]:
     """The dialogue ids of a valListFile/testListFile, one a line (``.json`` suffix optional)."""
     path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path}: no such list file")
-    ids = [clean_id(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if path.is_dir():
+        raise InputError(f"{path}: a folder, not a list file; pass the valListFile or testListFile inside it")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise InputError(f"{path}: no such list file") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise InputError(f"{path}: cannot read the list file ({e}); pass a readable UTF-8 text file") from None
+    ids = [clean_id(line) for line in text.splitlines() if line.strip()]
     if not ids:
         raise InputError(f"{path}: lists no dialogue ids (expected one id a line, e.g. PMUL0698.json)")
     return ids
@@ -482,15 +515,42 @@ def split_by_dialogue(dialogues: list[Dialogue], fraction: float, seed: int) -> 
     return [d for i, d in enumerate(dialogues) if i not in held], [d for i, d in enumerate(dialogues) if i in held]
 
 
+def check_sources(args: Arguments) -> None:
+    """Raise one ValueError if the input options do not make one layout: --data_file with its list files, or
+    --train_file and --test_file (and maybe --validation_file)."""
+    problems = []
+    if args.data_file:
+        if args.train_file or args.test_file or args.validation_file:
+            problems.append("give either --data_file (with --val_list/--test_list) or --train_file/--test_file")
+        if not args.test_list:
+            problems.append("--data_file needs --test_list (testListFile) to know the test dialogues")
+    else:
+        for flag, value in (("val_list", args.val_list), ("test_list", args.test_list)):
+            if value:
+                problems.append(
+                    f"--{flag} picks dialogues out of --data_file: pass --data_file too, or give the "
+                    f"{'validation' if flag == 'val_list' else 'test'} dialogues as a file"
+                )
+        if not args.train_file:
+            if args.test_file or args.validation_file:
+                problems.append("no training dialogues: pass --train_file")
+            else:
+                problems.append(
+                    "no input: pass --train_file and --test_file (MultiWOZ files or 2.2 split folders), "
+                    "or --data_file with --val_list and --test_list"
+                )
+        elif not args.test_file:
+            problems.append("no test dialogues: pass --test_file")
+    if problems:
+        raise ValueError("; ".join(problems))
+
+
 def load_splits(args: Arguments) -> dict[str, list[Dialogue]]:
     """train / validation / test dialogues: the files given, or data.json split by its list files; validation
     dialogues are carved out of the training ones when not given."""
+    check_sources(args)
     read = functools.partial(read_dialogues, skip_invalid=args.skip_invalid)
     if args.data_file:
-        if args.train_file or args.test_file or args.validation_file:
-            raise ValueError("give either --data_file (with --val_list/--test_list) or --train_file/--test_file")
-        if not args.test_list:
-            raise ValueError("--data_file needs --test_list (testListFile) to know the test dialogues")
         everything = {d.dialogue_id: d for d in read(args.data_file)}
         picked = {}
         for name, list_file in (("validation", args.val_list), ("test", args.test_list)):
@@ -508,20 +568,13 @@ def load_splits(args: Arguments) -> dict[str, list[Dialogue]]:
         if "validation" not in picked:
             train, picked["validation"] = split_by_dialogue(train, args.validation_fraction, args.seed)
         splits = {"train": train, "validation": picked["validation"], "test": picked["test"]}
-    elif args.train_file:
-        if not args.test_file:
-            raise ValueError("no test dialogues: pass --test_file")
+    else:
         train = read(args.train_file)
         if args.validation_file:
             validation = read(args.validation_file)
         else:
             train, validation = split_by_dialogue(train, args.validation_fraction, args.seed)
         splits = {"train": train, "validation": validation, "test": read(args.test_file)}
-    else:
-        raise ValueError(
-            "no input: pass --train_file and --test_file (MultiWOZ files or 2.2 split folders), "
-            "or --data_file with --val_list and --test_list"
-        )
     if not splits["train"]:
         raise ValueError("no training dialogues are left after taking out the validation and test dialogues")
     overlap = {d.dialogue_id for d in splits["train"]} & {d.dialogue_id for d in splits["test"]}
@@ -641,7 +694,22 @@ def load_token_counter(name_or_path: str) -> TokenCounter:
     """The counter of ``--tokenizer_name_or_path`` ("embedded" is the SmolLM2 tokenizer)."""
     from llama_squad.models import load_tokenizer, resolve_model_path
 
-    return TokenCounter(load_tokenizer(resolve_model_path(name_or_path)))
+    local = Path(name_or_path).is_absolute() or name_or_path.startswith((".", "~")) or name_or_path.count("/") > 1
+    if local and not Path(name_or_path).expanduser().is_dir():
+        raise InputError(
+            f"--tokenizer_name_or_path {name_or_path}: no such folder; pass a tokenizer folder, a cached Hub id or "
+            "'embedded', or --max_length 0 for no length limit"
+        )
+    try:
+        tokenizer = load_tokenizer(resolve_model_path(name_or_path))
+    except InputError:
+        raise
+    except (OSError, ValueError) as e:  # no such folder or Hub id, offline and not cached, no tokenizer files
+        raise InputError(
+            f"--tokenizer_name_or_path {name_or_path!r}: cannot load a tokenizer ({' '.join(str(e).split())}); "
+            "pass a tokenizer folder, a cached Hub id or 'embedded', or --max_length 0 for no length limit"
+        ) from None
+    return TokenCounter(tokenizer)
 
 
 # ---------------------------------------------------------------------------------------------------- building
@@ -792,16 +860,37 @@ def build_split(
     return (chunks[0] if len(chunks) == 1 else concatenate_datasets(chunks)), stats
 
 
-def build_dataset(args: Arguments) -> DatasetDict:
-    """Read the dialogues, split them by dialogue and ask every question at every user turn (not saved)."""
+def check_arguments(args: Arguments) -> None:
+    """Raise one ValueError naming every bad option (type, range, combination), before any file is read."""
+    problems = option_type_problems(args)
+    if problems:  # the checks below compare values of the right type
+        raise ValueError("; ".join(problems))
     if args.granularity not in GRANULARITIES:
-        raise ValueError(f"--granularity {args.granularity!r}: choose one of {', '.join(GRANULARITIES)}")
+        problems.append(f"--granularity {args.granularity!r}: choose one of {', '.join(GRANULARITIES)}")
+    if not 0 <= args.validation_fraction < 1:
+        problems.append(
+            f"--validation_fraction {args.validation_fraction}: must be in [0, 1), e.g. 0.05 (0: no validation split)"
+        )
     if not 0 <= args.keep_empty_fraction <= 1:
-        raise ValueError(f"--keep_empty_fraction {args.keep_empty_fraction}: must be in [0, 1]")
+        problems.append(f"--keep_empty_fraction {args.keep_empty_fraction}: must be in [0, 1] (1: keep all)")
     if args.max_dialogues_per_split is not None and args.max_dialogues_per_split < 1:
-        raise ValueError(f"--max_dialogues_per_split {args.max_dialogues_per_split}: give a positive number")
+        problems.append(
+            f"--max_dialogues_per_split {args.max_dialogues_per_split}: give a positive number, or leave it out"
+        )
     if args.max_length < 0:
-        raise ValueError(f"--max_length {args.max_length}: give a token budget (e.g. 1024), or 0 for no limit")
+        problems.append(f"--max_length {args.max_length}: give a token budget (e.g. 1024), or 0 for no limit")
+    try:
+        check_sources(args)
+    except ValueError as e:
+        problems.append(str(e))
+    if problems:
+        raise ValueError("; ".join(problems))
+
+
+def build_dataset(args: Arguments) -> DatasetDict:
+    """Check the options, read the dialogues, split them by dialogue and ask every question at every user turn
+    (not saved)."""
+    check_arguments(args)
     slots = load_schema(args.schema_file) if args.schema_file else default_slots()
     questions = make_questions(slots, args.granularity, args.list_categorical_values)
     splits = load_splits(args)

@@ -11,7 +11,7 @@ from datasets import Dataset, DatasetDict
 from llama_squad.answers import NO_ANSWER, format_json_answer, parse_json_answer
 from llama_squad.io import InputError, iter_jsonl, read_json
 from llama_squad.squad_eval import normalize_answer, score_prediction
-from llama_squad.tasks.common import DatasetArguments
+from llama_squad.tasks.common import DatasetArguments, json_type, option_type_problems
 
 logger = logging.getLogger(__name__)
 
@@ -77,7 +77,10 @@ class Arguments(DatasetArguments):
     )
     skip_invalid: bool = field(
         default=False,
-        metadata={"help": "Skip (count and log) invalid records instead of stopping at the first one."},
+        metadata={
+            "help": "Skip (count and log) invalid records instead of stopping at the first one: a bad question alone, "
+            "a paragraph or article that is not an object or has no question or paragraph list whole."
+        },
     )
     max_train_questions: int | None = field(
         default=None, metadata={"help": "Keep only the first N training questions (quick runs)."}
@@ -99,8 +102,127 @@ class Record:
 # ---------------------------------------------------------------------------------------------------- reading
 
 
+_ABSENT = object()  # a field that its record leaves out
+
+
+def _json_type(value) -> str:
+    """What a JSON field is, for error messages: ``missing``, ``null``, ``a string ('abc')``."""
+    return "missing" if value is _ABSENT else json_type(value)
+
+
+class _Invalid(Exception):
+    """A bad record: the kind of problem (counted under ``--skip_invalid``) and how to fix it."""
+
+    def __init__(self, kind: str, fix: str):
+        super().__init__(kind)
+        self.kind, self.fix = kind, fix
+
+
+def _answer_items(answers, hub_layout: bool) -> list:
+    """The answers of a question as a list; ``hub_layout`` also reads {"text": [...], "answer_start": [...]}."""
+    if isinstance(answers, list):
+        return answers
+    if hub_layout and isinstance(answers, dict):
+        texts, starts = answers.get("text", _ABSENT), answers.get("answer_start", _ABSENT)
+        if not isinstance(texts, list) or not isinstance(starts, list):
+            raise _Invalid(
+                "bad answers layout",
+                f"'answers' is an object whose 'text' is {_json_type(texts)} and 'answer_start' is "
+                f"{_json_type(starts)}: both must be lists, one answer_start per text",
+            )
+        if len(texts) != len(starts):
+            raise _Invalid(
+                "bad answers layout",
+                f"'answers' has {len(texts)} texts but {len(starts)} answer_start values: give one answer_start "
+                "per text",
+            )
+        return [{"text": t, "answer_start": a} for t, a in zip(texts, starts, strict=True)]
+    layouts = 'a list of {"text": ..., "answer_start": ...} objects'
+    if hub_layout:
+        layouts += ', or {"text": [...], "answer_start": [...]}'
+    raise _Invalid("answers not a list", f"'answers' is {_json_type(answers)}: give {layouts}")
+
+
+def _check_question(qid, context, question, answers, is_impossible, hub_layout: bool) -> tuple[str, ...]:
+    """The gold answer texts of a question whose fields are valid; raises :class:`_Invalid` otherwise.
+
+    ``answers`` or ``is_impossible`` is ``_ABSENT`` when the record leaves it out: an unanswerable question may leave
+    out ``answers`` only with ``is_impossible: true``; without ``is_impossible``, ``answers: []`` means unanswerable.
+    """
+    if qid is _ABSENT or qid is None or (isinstance(qid, str) and not qid.strip()):
+        raise _Invalid("no id", "every question needs a unique, non-empty 'id'")
+    if not isinstance(qid, str):
+        raise _Invalid("id not a string", f"'id' is {_json_type(qid)}: write it as a JSON string")
+    if not isinstance(context, str):
+        if context is _ABSENT or context is None:
+            raise _Invalid("empty context", "a question needs a non-empty 'context' to answer from")
+        raise _Invalid("context not a string", f"'context' is {_json_type(context)}: it must be the passage text")
+    if not context.strip():
+        raise _Invalid("empty context", "a question needs a non-empty 'context' to answer from")
+    if not isinstance(question, str):
+        if question is _ABSENT or question is None:
+            raise _Invalid("empty question", "the 'question' field must be a non-empty string")
+        raise _Invalid("question not a string", f"'question' is {_json_type(question)}: write it as a JSON string")
+    if not question.strip():
+        raise _Invalid("empty question", "the 'question' field must be a non-empty string")
+    if is_impossible is not _ABSENT and not isinstance(is_impossible, bool):
+        raise _Invalid(
+            "is_impossible not a boolean",
+            f"'is_impossible' is {_json_type(is_impossible)}: write true or false (JSON booleans, not strings)",
+        )
+    if answers is _ABSENT:
+        if is_impossible is True:
+            return ()
+        raise _Invalid(
+            "no answers",
+            "the question has no 'answers': give its answers, or 'answers': [] with 'is_impossible': true "
+            "for an unanswerable question",
+        )
+    items = _answer_items(answers, hub_layout)
+    if is_impossible is True and items:
+        raise _Invalid("is_impossible with answers", "an unanswerable question must have 'answers': []")
+    if is_impossible is False and not items:
+        raise _Invalid(
+            "is_impossible false without answers",
+            "an answerable question needs its answers: give them, or set 'is_impossible': true",
+        )
+    texts = []
+    for n, item in enumerate(items):
+        if not isinstance(item, dict):
+            raise _Invalid(
+                "answer not an object",
+                f'answer {n} is {_json_type(item)}: each answer is {{"text": ..., "answer_start": ...}}',
+            )
+        text, start = item.get("text", _ABSENT), item.get("answer_start", _ABSENT)
+        if not isinstance(text, str) or not text:
+            raise _Invalid("answer without text", f"answer {n}: 'text' is {_json_type(text)}; it must be non-empty")
+        if start is _ABSENT:
+            raise _Invalid(
+                "answer_start missing",
+                f"answer {n} ({text!r}) has no 'answer_start': give the character offset of the answer in the context",
+            )
+        if not isinstance(start, int) or isinstance(start, bool):
+            raise _Invalid(
+                "answer_start not an integer",
+                f"answer {n} ({text!r}): 'answer_start' is {_json_type(start)}; give the character offset of the "
+                "answer in the context as a JSON integer",
+            )
+        if not 0 <= start < len(context):
+            raise _Invalid(
+                "answer_start out of range",
+                f"answer {n} ({text!r}): answer_start {start} is outside the context (0 to {len(context) - 1})",
+            )
+        if context[start : start + len(text)] != text:
+            found = context[start : start + len(text)]
+            raise _Invalid(
+                "answer_start mismatch", f"answer_start {start} points at {found!r}, not at the answer {text!r}"
+            )
+        texts.append(text)
+    return tuple(texts)
+
+
 class _Validator:
-    """Checks records one by one; raises on the first bad one, or counts and skips with ``skip_invalid``."""
+    """Checks records one by one; raises on the first bad one, or counts and skips it with ``skip_invalid``."""
 
     def __init__(self, source: str, skip_invalid: bool, seen_ids: set[str]):
         self.source = source
@@ -108,43 +230,28 @@ class _Validator:
         self.seen_ids = seen_ids
         self.skipped: dict[str, int] = {}
 
-    def check(self, where: str, qid, context: str, question, answers: list[dict], is_impossible) -> str | None:
-        """The problem with a record, or None when it is fine; raises unless skipping."""
-        problem = None
-        if not isinstance(qid, str) or not qid.strip():
-            problem = ("no id", "every question needs a unique, non-empty 'id'")
-        elif qid in self.seen_ids:
-            problem = ("duplicate id", f"the id {qid!r} appears twice: ids must be unique across all input files")
-        elif not isinstance(context, str) or not context.strip():
-            problem = ("empty context", "a question needs a non-empty 'context' to answer from")
-        elif not isinstance(question, str) or not question.strip():
-            problem = ("empty question", "the 'question' field must be a non-empty string")
-        elif is_impossible and answers:
-            problem = ("is_impossible with answers", "an unanswerable question must have 'answers': []")
-        else:
-            for answer in answers:
-                text, start = answer.get("text"), answer.get("answer_start")
-                if not isinstance(text, str) or not text:
-                    problem = ("answer without text", "each answer needs a non-empty 'text'")
-                elif isinstance(start, int) and context[start : start + len(text)] != text:
-                    found = context[start : start + len(text)]
-                    problem = (
-                        "answer_start mismatch",
-                        f"answer_start {start} points at {found!r}, not at the answer {text!r}",
-                    )
-                if problem:
-                    break
-        if problem is None:
-            self.seen_ids.add(qid)
-            return None
-        kind, detail = problem
+    def reject(self, where: str, problem: _Invalid, unit: str = "question") -> None:
+        """Raise the error of a bad ``unit`` (question, paragraph, article), or count it when skipping."""
         if not self.skip_invalid:
             raise InputError(
-                f"{self.source}: {where}: {kind}: {detail}. "
-                "Fix the record, or pass --skip_invalid to skip such records."
+                f"{self.source}: {where}: {problem.kind}: {problem.fix}. "
+                f"Fix the {unit}, or pass --skip_invalid to skip such {unit}s."
             )
-        self.skipped[kind] = self.skipped.get(kind, 0) + 1
-        return kind
+        self.skipped[problem.kind] = self.skipped.get(problem.kind, 0) + 1
+
+    def check(self, where: str, qid, context, question, answers, is_impossible, hub_layout=False):
+        """The gold answer texts of a valid question (its id is then taken), or None when it is skipped."""
+        try:
+            texts = _check_question(qid, context, question, answers, is_impossible, hub_layout)
+            if qid in self.seen_ids:
+                raise _Invalid(
+                    "duplicate id", f"the id {qid!r} appears twice: ids must be unique across all input files"
+                )
+        except _Invalid as problem:
+            self.reject(where, problem)
+            return None
+        self.seen_ids.add(qid)
+        return texts
 
     def log(self) -> None:
         if self.skipped:
@@ -154,6 +261,9 @@ class _Validator:
 
 
 def _read_official(path: Path, validator: _Validator) -> list[Record]:
+    """Records of an official SQuAD JSON file. A bad question is skipped alone under ``--skip_invalid``; a
+    paragraph that is not an object or has no ``qas`` list is skipped whole, and so is an article that is not an
+    object, has no ``paragraphs`` list or a title that is not a string: each counts as one skipped record."""
     data = read_json(path)
     if not isinstance(data, dict) or not isinstance(data.get("data"), list):
         raise InputError(
@@ -162,48 +272,64 @@ def _read_official(path: Path, validator: _Validator) -> list[Record]:
         )
     records = []
     for a, article in enumerate(data["data"]):
-        title = article.get("title", f"article {a}") if isinstance(article, dict) else None
-        paragraphs = article.get("paragraphs") if isinstance(article, dict) else None
+        if not isinstance(article, dict):
+            fix = f'it is {_json_type(article)}; each article is {{"title": ..., "paragraphs": [...]}}'
+            validator.reject(f"article {a}", _Invalid("article not an object", fix), "article")
+            continue
+        title = article.get("title", f"article {a}")
+        if not isinstance(title, str):
+            fix = f"'title' is {_json_type(title)}: write it as a JSON string"
+            validator.reject(f"article {a}", _Invalid("title not a string", fix), "article")
+            continue
+        paragraphs = article.get("paragraphs", _ABSENT)
         if not isinstance(paragraphs, list):
-            raise InputError(f"{path}: article {a} ({title!r}) has no 'paragraphs' list; fix or remove the article")
+            fix = f'\'paragraphs\' is {_json_type(paragraphs)}: give a list of {{"context": ..., "qas": [...]}}'
+            validator.reject(f"article {a} ({title!r})", _Invalid("article without a paragraphs list", fix), "article")
+            continue
         for p, paragraph in enumerate(paragraphs):
-            context = paragraph.get("context")
-            for q, qa in enumerate(paragraph.get("qas", [])):
-                qid = qa.get("id")
-                where = f"article {a} ({title!r}), paragraph {p}, question {q} (id {qid!r})"
-                answers = qa.get("answers", [])
-                if validator.check(where, qid, context, qa.get("question"), answers, qa.get("is_impossible", False)):
+            where = f"article {a} ({title!r}), paragraph {p}"
+            if not isinstance(paragraph, dict):
+                fix = f'it is {_json_type(paragraph)}; each paragraph is {{"context": ..., "qas": [...]}}'
+                validator.reject(where, _Invalid("paragraph not an object", fix), "paragraph")
+                continue
+            qas = paragraph.get("qas", _ABSENT)
+            if not isinstance(qas, list):
+                fix = f'\'qas\' is {_json_type(qas)}: give a list of questions, {{"id", "question", "answers"}}'
+                validator.reject(where, _Invalid("paragraph without a qas list", fix), "paragraph")
+                continue
+            context = paragraph.get("context", _ABSENT)
+            for q, qa in enumerate(qas):
+                if not isinstance(qa, dict):
+                    fix = f'it is {_json_type(qa)}; each question is {{"id": ..., "question": ..., "answers": [...]}}'
+                    validator.reject(f"{where}, question {q}", _Invalid("question not an object", fix), "question")
                     continue
-                records.append(
-                    Record(qid, str(title), context, qa["question"].strip(), tuple(x["text"] for x in answers), a)
-                )
+                qid = qa.get("id", _ABSENT)
+                question, answers = qa.get("question", _ABSENT), qa.get("answers", _ABSENT)
+                texts = validator.check(
+                    f"{where}, question {q} (id {qa.get('id')!r})", qid, context, question, answers,
+                    qa.get("is_impossible", _ABSENT),
+                )  # fmt: skip
+                if texts is not None:
+                    records.append(Record(qid, title, context, question.strip(), texts, a))
     return records
 
 
-def _answers_of(row: dict) -> list[dict]:
-    """Answers of a flat row: the Hub layout {"text": [...], "answer_start": [...]}, or [{text, answer_start}]."""
-    answers = row.get("answers", [])
-    if isinstance(answers, dict):
-        texts, starts = answers.get("text", []), answers.get("answer_start", [])
-        return [
-            {"text": t, "answer_start": s}
-            for t, s in zip(texts, list(starts) + [None] * (len(texts) - len(starts)), strict=False)
-        ]
-    return list(answers)
-
-
 def _read_rows(rows, source: str, validator: _Validator) -> list[Record]:
+    """Records of flat rows (JSON Lines, a Hub split): each bad row is skipped alone under ``--skip_invalid``."""
     records, articles = [], {}
     for where, row in rows:
-        qid = row.get("id")
-        answers = _answers_of(row)
-        if validator.check(f"{where} (id {qid!r})", qid, row.get("context"), row.get("question"), answers, False):
+        qid, title, where = row.get("id", _ABSENT), row.get("title", ""), f"{where} (id {row.get('id')!r})"
+        if not isinstance(title, str):
+            fix = f"'title' is {_json_type(title)}: write it as a JSON string"
+            validator.reject(where, _Invalid("title not a string", fix))
             continue
-        title = str(row.get("title", ""))
+        context, question = row.get("context", _ABSENT), row.get("question", _ABSENT)
+        answers, is_impossible = row.get("answers", _ABSENT), row.get("is_impossible", _ABSENT)
+        texts = validator.check(where, qid, context, question, answers, is_impossible, True)
+        if texts is None:
+            continue
         article = articles.setdefault(title, len(articles))
-        records.append(
-            Record(qid, title, row["context"], row["question"].strip(), tuple(x["text"] for x in answers), article)
-        )
+        records.append(Record(qid, title, context, question.strip(), texts, article))
     return records
 
 
@@ -226,7 +352,13 @@ def read_hub_split(hub_dataset: str, split: str, validator_state: set[str], skip
     """Validated records of a split of a Hub dataset with SQuAD's fields (needs network access to the Hub)."""
     from datasets import load_dataset
 
-    rows = load_dataset(hub_dataset, split=split)
+    try:
+        rows = load_dataset(hub_dataset, split=split)
+    except (OSError, ValueError) as e:  # not on the Hub, offline and not cached, no such split
+        raise InputError(
+            f"--hub_dataset {hub_dataset}: cannot load its {split!r} split ({e}); check the dataset id, the network "
+            "(HF_HUB_OFFLINE), or pass --train_file/--test_file"
+        ) from None
     validator = _Validator(f"{hub_dataset}[{split}]", skip_invalid, validator_state)
     records = _read_rows(((f"row {i}", row) for i, row in enumerate(rows)), hub_dataset, validator)
     validator.log()
@@ -234,6 +366,51 @@ def read_hub_split(hub_dataset: str, split: str, validator_state: set[str], skip
 
 
 # ---------------------------------------------------------------------------------------------------- splitting
+
+
+def check_arguments(args: Arguments) -> None:
+    """Raise one ValueError naming every bad option (type, range, combination), before any file is read."""
+    problems = option_type_problems(args)
+    if problems:  # the checks below compare values of the right type
+        raise ValueError("; ".join(problems))
+    if args.prompt not in PROMPT_STYLES:
+        problems.append(f"--prompt {args.prompt!r}: choose one of {', '.join(PROMPT_STYLES)}")
+    if not 0 <= args.validation_fraction < 1:
+        problems.append(
+            f"--validation_fraction {args.validation_fraction}: must be in [0, 1), e.g. 0.05 (0: no validation split)"
+        )
+    if args.max_train_questions is not None and args.max_train_questions < 1:
+        problems.append(
+            f"--max_train_questions {args.max_train_questions}: give a positive number, or leave it out for all"
+        )
+    if args.test_articles is not None:
+        try:
+            chosen = parse_slice(args.test_articles)
+        except ValueError as e:
+            problems.append(str(e))
+        else:
+            start, stop = chosen.start, chosen.stop
+            if start is not None and stop is not None and (start < 0) == (stop < 0) and start >= stop:
+                problems.append(f"--test_articles {args.test_articles}: selects no article (START must be below END)")
+    if args.hub_dataset:
+        if args.train_file or args.test_file:
+            problems.append("give either --hub_dataset or --train_file/--test_file, not both")
+        if args.test_articles is not None:
+            problems.append(
+                "--test_articles carves the test split out of --train_file; --hub_dataset tests on its "
+                "validation split: leave --test_articles out"
+            )
+    elif args.train_file:
+        if args.test_file and args.test_articles is not None:
+            problems.append("give either --test_file or --test_articles, not both")
+        elif not args.test_file and args.test_articles is None:
+            problems.append("no test questions: pass --test_file, or carve them out with --test_articles START:END")
+    elif args.test_file or args.test_articles is not None:
+        problems.append("no training questions: pass --train_file (official SQuAD JSON or .jsonl)")
+    else:
+        problems.append("no input: pass --train_file (official SQuAD JSON or .jsonl) or --hub_dataset")
+    if problems:
+        raise ValueError("; ".join(problems))
 
 
 def parse_slice(text: str) -> slice:
@@ -317,31 +494,25 @@ def to_dataset(records: list[Record], prompt_style: str, system_prompt: str) -> 
 
 
 def build_dataset(args: Arguments) -> DatasetDict:
-    """Read the sources, split them by article and format every question as a chat example."""
-    if args.prompt not in PROMPT_STYLES:
-        raise ValueError(f"--prompt {args.prompt!r}: choose one of {', '.join(PROMPT_STYLES)}")
+    """Check the options, read the sources, split them by article and format every question as a chat example."""
+    check_arguments(args)
     seen: set[str] = set()
     if args.hub_dataset:
-        if args.train_file or args.test_file:
-            raise ValueError("give either --hub_dataset or --train_file/--test_file, not both")
         train = read_hub_split(args.hub_dataset, "train", seen, args.skip_invalid)
         test = read_hub_split(args.hub_dataset, "validation", seen, args.skip_invalid)
-    elif args.train_file:
+    else:  # --train_file, with --test_file or --test_articles (check_arguments made sure)
         train = read_squad(args.train_file, skip_invalid=args.skip_invalid, seen_ids=seen)
-        if args.test_file and args.test_articles:
-            raise ValueError("give either --test_file or --test_articles, not both")
         if args.test_file:
             test = read_squad(args.test_file, skip_invalid=args.skip_invalid, seen_ids=seen)
-        elif args.test_articles:
+        else:
             chosen = set(range(max(r.article for r in train) + 1)[parse_slice(args.test_articles)])
-            if not chosen:
-                raise ValueError(f"--test_articles {args.test_articles}: selects no article of {args.train_file}")
             test = [r for r in train if r.article in chosen]
             train = [r for r in train if r.article not in chosen]
-        else:
-            raise ValueError("no test questions: pass --test_file, or carve them out with --test_articles START:END")
-    else:
-        raise ValueError("no input: pass --train_file (official SQuAD JSON or .jsonl) or --hub_dataset")
+            if not test:
+                raise ValueError(
+                    f"--test_articles {args.test_articles}: selects no article with valid questions of "
+                    f"{args.train_file} (articles are numbered from 0 in file order)"
+                )
     if not train:
         raise ValueError("no training questions are left after carving out the test articles")
     train, validation = split_by_article(train, args.validation_fraction, args.seed)
