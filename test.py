@@ -13,7 +13,9 @@ re-run with other settings refuses to add to them (--overwrite starts again), an
 Two runs never share an OUTPUT_DIR at once: the second stops at once.
 """
 
+import contextlib
 import logging
+import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -84,8 +86,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def evaluate(args: TestArguments, options: GenerationOptions) -> None:
+    import torch
+    from accelerate import PartialState
+
     from llama_squad import generation, models, results
-    from llama_squad.io import InputError, output_lock
+    from llama_squad.io import InputError
     from llama_squad.summary import format_table, metrics_table, run_name
     from llama_squad.tasks import get_task
 
@@ -102,15 +107,17 @@ def evaluate(args: TestArguments, options: GenerationOptions) -> None:
     output_csv = output_dir / "results.csv"
     task = get_task(examples[0]["task"])
 
-    with output_lock(output_dir):  # 2. One run at a time per folder; resume only results of these settings.
+    # One process, or one of `accelerate launch`'s (torchrun's): each answers its share of the questions. Without
+    # CUDA, several processes talk over gloo, which accelerate uses only when asked for the CPU.
+    distributed_cpu = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
+    state = PartialState(cpu=distributed_cpu)
+    rank, processes = state.process_index, state.num_processes
+    columns = results.result_columns(task)
+    with main_process_lock(state, output_dir):  # 2. One run at a time per folder; resume only these settings.
         results.check_resume(output_dir, settings, len(examples), args.overwrite)
-        resuming = output_csv.exists() and not args.overwrite
-        done = (
-            {r[0] for r in results.read_complete_rows(output_csv, results.result_columns(task))[0]}
-            if resuming
-            else set()
-        )
-        todo = [ex for ex in examples if str(ex["id"]) not in done]
+        done = set() if args.overwrite else results.answered_ids(output_dir, columns)
+        mine = examples[rank::processes]
+        todo = [ex for ex in mine if str(ex["id"]) not in done]
 
         # 3. The model (base + adapter, merged, or the embedded default), if anything is left to answer.
         generator = None
@@ -124,31 +131,66 @@ def evaluate(args: TestArguments, options: GenerationOptions) -> None:
                 trust_remote_code=args.trust_remote_code,
                 cache_dir=args.model_cache_dir,
                 merge_adapter=args.merge_adapter,
+                device_map={"": state.device} if processes > 1 and state.device.type == "cuda" else None,
             )
             import transformers
 
             transformers.set_seed(args.seed)
             generator = generation.Generator(model, tokenizer, options)
 
-        # 4. Record the settings, then generate in batches, appending scored rows to results.csv.
-        info = dict(
-            limit=args.limit,
-            dataset_path=args.dataset_path,
-            model_name_or_path=args.model_name_or_path,
-            adapter_path=args.adapter_path,
-            batch_size=args.batch_size,
+        # 4. Record the settings, then generate in batches, appending scored rows to results.csv (to this
+        # process's shard in a distributed run).
+        if state.is_main_process:
+            info = dict(
+                limit=args.limit,
+                dataset_path=args.dataset_path,
+                model_name_or_path=args.model_name_or_path,
+                adapter_path=args.adapter_path,
+                batch_size=args.batch_size,
+                processes=processes,
+            )
+            results.start_run(output_dir, settings, len(examples), info, overwrite=args.overwrite)
+        state.wait_for_everyone()  # the old results are gone (--overwrite) before any process writes
+        own_csv = output_csv if processes == 1 else results.shard_path(output_dir, rank)
+        answered, seconds = generation.run_generation(
+            generator, mine, own_csv, args.batch_size, progress=state.is_main_process, skip_ids=done
         )
-        results.start_run(output_dir, settings, len(examples), info, overwrite=args.overwrite)
-        answered, seconds = generation.run_generation(generator, examples, output_csv, args.batch_size)
         if answered:
             logger.info("answered %d questions in %.1f s (%.2f questions/s)", answered, seconds, answered / seconds)
+        state.wait_for_everyone()
+        if not state.is_main_process:
+            return
 
-        # 5. Summarize like summarize_results.py, and save the metrics of exactly these rows.
+        # 5. One results.csv (the shards merged in question order), and the metrics of exactly its rows.
+        if processes > 1 or results.run_files(output_dir) != [output_csv]:
+            results.merge_shards(output_dir, columns, [str(ex["id"]) for ex in examples])
         rows = results.read_results(output_csv)
         metrics = results.summarize(rows)
         generation.save_metrics(metrics, output_dir / "metrics.json")
     print(format_table(metrics_table({run_name(output_csv): {"task": rows["task"].iloc[0], **metrics}})))
     logger.info("wrote %s and %s", output_csv, output_dir / "metrics.json")
+
+
+@contextlib.contextmanager
+def main_process_lock(state, output_dir: Path):
+    """The output folder's lock, held by the main process for the whole run; when it cannot be had, every process
+    stops (the others learn it from the main process, so no process starts writing)."""
+    from accelerate.utils import broadcast_object_list
+
+    from llama_squad.io import InputError, output_lock
+
+    with contextlib.ExitStack() as stack:
+        error = [None]
+        if state.is_main_process:
+            try:
+                stack.enter_context(output_lock(output_dir))
+            except InputError as e:
+                error = [str(e)]
+        if state.num_processes > 1:
+            broadcast_object_list(error, from_process=0)
+        if error[0]:
+            raise InputError(error[0])
+        yield
 
 
 def run_settings(args: TestArguments, options: GenerationOptions, task: str) -> dict:

@@ -184,12 +184,18 @@ def results_rows(task, conversation: Conversation) -> list[dict]:
 
 
 def run_generation(
-    generator: Generator | None, examples, output_csv: str | Path, batch_size: int, progress: bool = True
+    generator: Generator | None,
+    examples,
+    output_csv: str | Path,
+    batch_size: int,
+    progress: bool = True,
+    skip_ids: frozenset[str] | set[str] = frozenset(),
 ) -> tuple[int, float]:
-    """Answer every example not yet in ``output_csv``, appending scored rows batch by batch.
+    """Answer every example not yet in ``output_csv`` (nor in ``skip_ids``: answered in other files of the same
+    run, such as other processes' shards), appending scored rows batch by batch.
 
     Re-running after a crash or Ctrl-C resumes: finished examples are skipped, none is written twice. The generator
-    may be None when ``output_csv`` already holds every example. Returns (examples answered now, seconds spent).
+    may be None when nothing is left to answer. Returns (examples answered now, seconds spent).
     """
     from tqdm.auto import tqdm
 
@@ -197,7 +203,7 @@ def run_generation(
         raise ValueError("no examples to answer: the split is empty")
     task = get_task(examples[0]["task"])
     writer = ResultsWriter(output_csv, result_columns(task))
-    todo = [ex for ex in examples if str(ex["id"]) not in writer.done]
+    todo = [ex for ex in examples if str(ex["id"]) not in writer.done and str(ex["id"]) not in skip_ids]
     if not todo:
         logger.info("%s already holds all %d examples", output_csv, len(examples))
         return 0, 0.0

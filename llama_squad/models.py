@@ -425,20 +425,24 @@ def load_for_inference(
     trust_remote_code: bool = False,
     cache_dir: str | os.PathLike | None = None,
     merge_adapter: bool = True,
+    device_map: str | dict | None = None,
 ):
     """``(model, tokenizer)`` ready to generate: the model (on the GPU when there is one) with the LoRA adapter at
     ``adapter_path`` applied, and the adapter folder's tokenizer (train.py saves it there), left-padded.
 
     With ``merge_adapter`` the adapter is folded into the weights (W + BA), so that generating costs what the base
     model costs instead of two extra matmuls per adapted layer; the answers are the same up to rounding. A quantized
-    model keeps the adapter beside its 4/8-bit weights (merging into them would round the adapter away)."""
+    model keeps the adapter beside its 4/8-bit weights (merging into them would round the adapter away).
+    ``device_map`` places the model (default: ``"auto"`` with CUDA, the CPU without); each process of a sharded
+    evaluation passes its own device."""
     if adapter_path is not None:
         check_adapter(adapter_path)
     path = resolve_model_path(model_name_or_path, cache_dir=cache_dir)
     has_tokenizer = adapter_path is not None and (Path(adapter_path) / "tokenizer_config.json").is_file()
     tokenizer_path = adapter_path if has_tokenizer else path
     tokenizer = load_tokenizer(tokenizer_path, trust_remote_code=trust_remote_code, padding_side="left")
-    device_map = "auto" if torch.cuda.is_available() else None
+    if device_map is None and torch.cuda.is_available():  # one process: the model spread over every GPU it needs
+        device_map = "auto"
     model = load_model(
         path,
         dtype=dtype,

@@ -5,6 +5,7 @@ import io
 import json
 import logging
 import os
+import shutil
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -231,7 +232,66 @@ def start_run(folder: str | os.PathLike, settings: dict, examples: int, info: di
     names = ("results.csv", "metrics.json", RUN_RECORD) if overwrite else ("metrics.json",)
     for name in names:
         (folder / name).unlink(missing_ok=True)
+    if overwrite:
+        shutil.rmtree(folder / SHARDS, ignore_errors=True)
     atomic_write_json(folder / RUN_RECORD, {"settings": settings, "examples": examples, **info})
+
+
+SHARDS = "shards"  # a distributed run's per-process results files, merged into results.csv at its end
+
+
+def shard_path(folder: str | os.PathLike, rank: int) -> Path:
+    """The results file that process ``rank`` of a distributed run appends to."""
+    return Path(folder) / SHARDS / f"results-rank{rank:03d}.csv"
+
+
+def run_files(folder: str | os.PathLike) -> list[Path]:
+    """The files that hold a run's rows: results.csv and the shards of distributed attempts, if any."""
+    folder = Path(folder)
+    files = [folder / "results.csv"] if (folder / "results.csv").exists() else []
+    return files + sorted((folder / SHARDS).glob("results-rank*.csv"))
+
+
+def answered_ids(folder: str | os.PathLike, columns: list[str]) -> set[str]:
+    """The example ids with complete rows in any of the run's files (read-only: a torn end is ignored)."""
+    files = [path for path in run_files(folder) if path.stat().st_size]
+    return {row[0] for path in files for row in read_complete_rows(path, columns)[0]}
+
+
+def merge_shards(folder: str | os.PathLike, columns: list[str], example_ids: list[str]) -> Path:
+    """Merge results.csv and the shards into one results.csv, in the order of ``example_ids``; then drop the shards.
+
+    Every example must have its rows: a shard that is missing or unfinished is an error naming what is absent,
+    never a smaller table. An example answered twice (a crash between two merges) keeps its first rows.
+    """
+    folder = Path(folder)
+    by_example: dict[str, list[list[str]]] = {}
+    for path in run_files(folder):
+        if not path.stat().st_size:
+            continue
+        rows, _ = read_complete_rows(path, columns)
+        seen_here: dict[str, list[list[str]]] = {}
+        for row in rows:
+            seen_here.setdefault(row[0], []).append(row)
+        for example_id, example_rows in seen_here.items():
+            by_example.setdefault(example_id, example_rows)
+    missing = [i for i in example_ids if i not in by_example]
+    if missing:
+        shards = [p.name for p in run_files(folder)]
+        raise InputError(
+            f"{folder}: {len(missing)} of {len(example_ids)} questions have no row in {shards or 'any results file'} "
+            f"(first: {missing[:3]}): a process's shard is missing or unfinished; re-run the same command to answer "
+            "them"
+        )
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(columns)
+    for example_id in example_ids:
+        writer.writerows(by_example[example_id])
+    with atomic_path(folder / "results.csv") as tmp:
+        tmp.write_text(buffer.getvalue(), encoding="utf-8")
+    shutil.rmtree(folder / SHARDS, ignore_errors=True)
+    return folder / "results.csv"
 
 
 def read_results(path: str | os.PathLike) -> pd.DataFrame:
