@@ -71,3 +71,16 @@ def option_type_problems(args) -> list[str]:
             expected = " or ".join(_TYPE_NAMES.get(kind, getattr(kind, "__name__", str(kind))) for kind in kinds)
             problems.append(f"--{f.name} {value!r}: expected {expected}")
     return problems
+
+
+def common_option_problems(args: DatasetArguments) -> list[str]:
+    """The problems of the options every task shares, one line each; raises ValueError at once on values of the
+    wrong type (the task's own checks compare values of the right type)."""
+    problems = option_type_problems(args)
+    if problems:
+        raise ValueError("; ".join(problems))
+    if not 0 <= args.validation_fraction < 1:
+        problems.append(
+            f"--validation_fraction {args.validation_fraction}: must be in [0, 1), e.g. 0.05 (0: no validation split)"
+        )
+    return problems

@@ -37,7 +37,7 @@ from datasets import Dataset, DatasetDict, Features, Value, concatenate_datasets
 
 from llama_squad.answers import NO_ANSWER, format_json_answer, parse_json_answer, parse_json_output
 from llama_squad.io import InputError, read_json
-from llama_squad.tasks.common import DatasetArguments, json_type, option_type_problems
+from llama_squad.tasks.common import DatasetArguments, common_option_problems, json_type
 from llama_squad.tasks.multiwoz_scoring import (
     DOMAINS,
     DONTCARE,
@@ -862,15 +862,9 @@ def build_split(
 
 def check_arguments(args: Arguments) -> None:
     """Raise one ValueError naming every bad option (type, range, combination), before any file is read."""
-    problems = option_type_problems(args)
-    if problems:  # the checks below compare values of the right type
-        raise ValueError("; ".join(problems))
+    problems = common_option_problems(args)
     if args.granularity not in GRANULARITIES:
         problems.append(f"--granularity {args.granularity!r}: choose one of {', '.join(GRANULARITIES)}")
-    if not 0 <= args.validation_fraction < 1:
-        problems.append(
-            f"--validation_fraction {args.validation_fraction}: must be in [0, 1), e.g. 0.05 (0: no validation split)"
-        )
     if not 0 <= args.keep_empty_fraction <= 1:
         problems.append(f"--keep_empty_fraction {args.keep_empty_fraction}: must be in [0, 1] (1: keep all)")
     if args.max_dialogues_per_split is not None and args.max_dialogues_per_split < 1:

@@ -11,7 +11,7 @@ from datasets import Dataset, DatasetDict
 from llama_squad.answers import NO_ANSWER, format_json_answer, parse_json_answer
 from llama_squad.io import InputError, iter_jsonl, read_json
 from llama_squad.squad_eval import normalize_answer, score_prediction
-from llama_squad.tasks.common import DatasetArguments, json_type, option_type_problems
+from llama_squad.tasks.common import DatasetArguments, common_option_problems, json_type
 
 logger = logging.getLogger(__name__)
 
@@ -370,15 +370,9 @@ def read_hub_split(hub_dataset: str, split: str, validator_state: set[str], skip
 
 def check_arguments(args: Arguments) -> None:
     """Raise one ValueError naming every bad option (type, range, combination), before any file is read."""
-    problems = option_type_problems(args)
-    if problems:  # the checks below compare values of the right type
-        raise ValueError("; ".join(problems))
+    problems = common_option_problems(args)
     if args.prompt not in PROMPT_STYLES:
         problems.append(f"--prompt {args.prompt!r}: choose one of {', '.join(PROMPT_STYLES)}")
-    if not 0 <= args.validation_fraction < 1:
-        problems.append(
-            f"--validation_fraction {args.validation_fraction}: must be in [0, 1), e.g. 0.05 (0: no validation split)"
-        )
     if args.max_train_questions is not None and args.max_train_questions < 1:
         problems.append(
             f"--max_train_questions {args.max_train_questions}: give a positive number, or leave it out for all"
