@@ -233,9 +233,9 @@ def check_model_source(model_name_or_path: str, option: str = "--model_name_or_p
         return
     if path.exists():
         raise ModelError(f"{option} {model_name_or_path}: a file, not a model folder or a Hub id")
-    looks_local = model_name_or_path.startswith((".", "/", "~")) or model_name_or_path.count("/") != 1
+    looks_local = model_name_or_path.startswith((".", "/", "~")) or model_name_or_path.count("/") > 1
     if looks_local:
-        raise ModelError(f"{option} {model_name_or_path}: no such folder (and not a Hub id, which is NAMESPACE/NAME)")
+        raise ModelError(f"{option} {model_name_or_path}: no such folder (nor a Hub id: [NAMESPACE/]NAME)")
     from huggingface_hub import try_to_load_from_cache
     from huggingface_hub.constants import HF_HUB_OFFLINE
 

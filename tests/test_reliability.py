@@ -402,6 +402,7 @@ def test_every_users_mistake_gets_one_message_and_no_output(
         (train, train_argv(model, data, out, "--lora_dropout", "1.5"), "--lora_dropout 1.5"),
         (train, train_argv(tmp_path / "nowhere", data, out), "no such folder"),
         (train, train_argv("someone/not-cached-model", data, out), "not in the local cache while HF_HUB_OFFLINE"),
+        (train, train_argv("not-cached-model", data, out), "not in the local cache while HF_HUB_OFFLINE"),
         (train, train_argv(not_a_dataset, data, out), "a folder without config.json"),
         (train, train_argv(corrupt, data, out), "it is a LoRA adapter: pass it as --adapter_path"),
         (train, train_argv(model, tmp_path / "nowhere", out), "--dataset_path"),
