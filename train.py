@@ -11,15 +11,21 @@ Or everything on the command line (the embedded SmolLM2-135M-Instruct by default
     python train.py --dataset_path data/squad_v2_dev_split --output_dir output/smollm2 \
         --num_train_epochs 2 --per_device_train_batch_size 16 --lora_r 64 --merge
 
+On several GPUs or machines, the same command under accelerate (DDP, FSDP, DeepSpeed ZeRO-3; see the README section
+"Several GPUs / several machines" and configs/accelerate/):
+
+    accelerate launch --config_file configs/accelerate/ddp.yaml train.py --config configs/llama3_8b_qlora.yaml
+
 Re-running the same command resumes from the newest complete checkpoint in output_dir (a checkpoint torn by a
 crash is skipped and moved aside); a second run on the same output_dir stops at once. The adapter, tokenizer and chat
 template land in output_dir, with run_config.yaml, loss.png and (with --merge) output_dir/merged;
---hub_repo_id USER/NAME pushes the merged model and its model card.
+--hub_repo_id USER/NAME pushes the merged model and its model card. In a distributed run the main process alone
+writes, merges and pushes, the first one of each machine converts the embedded model and tokenizes before the others
+reuse its work, and all but the first one of each machine log warnings only.
 """
 
 import contextlib
 import logging
-import os
 import sys
 from pathlib import Path
 
@@ -44,32 +50,49 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def train(model_args: ModelArguments, script_args: ScriptArguments, config: TrainConfig) -> None:
-    from llama_squad import export, models, training
+    from llama_squad import distributed, export, models, training
     from llama_squad.io import output_lock
     from llama_squad.plotting import plot_losses
     from llama_squad.stability import add_fp16_overflow_guard
 
+    # 0. One process, or one of several (accelerate launch / torchrun): the others log warnings only.
+    distributed.setup_process_logging(config)
+    main_process = config.process_index == 0  # writes run_config.yaml, the adapter, plots; merges and pushes
+
     # 1. Check the options, the model source and the Hub before any long work; log the resolved config.
     training.validate(model_args, script_args, config)
     if script_args.hub_repo_id:
-        export.check_hub_access(script_args.hub_repo_id)
         script_args.merge = True
+        distributed.run_on_main(config, lambda: export.check_hub_access(script_args.hub_repo_id))
     if config.push_to_hub:  # TRL's own push of the adapter (and checkpoints) to --hub_model_id
         repo = config.hub_model_id or Path(config.output_dir).absolute().name
-        export.check_hub_access(repo, option="--push_to_hub", token=config.hub_token)
+        distributed.run_on_main(
+            config, lambda: export.check_hub_access(repo, option="--push_to_hub", token=config.hub_token)
+        )
     resolved = training.resolved_config(model_args, script_args, config)
     logger.info("resolved config:\n%s", training.yaml.safe_dump(resolved, sort_keys=False))
 
-    # 2. One run at a time per output_dir; resume from the newest complete checkpoint, with the same model options.
-    main_process = int(os.environ.get("RANK", "0")) == 0
-    with output_lock(config.output_dir) if main_process else contextlib.nullcontext():
-        checkpoint = training.find_checkpoint(config)
+    with contextlib.ExitStack() as stack:
+        # 2. One run at a time per output_dir (the main process holds the lock); resume from the newest complete
+        # checkpoint, with the same model options. The main process chooses (moving torn checkpoints aside) and
+        # tells the others: every process resumes from the same checkpoint, or all stop with the same message.
+        def claim_output_dir() -> str | None:
+            stack.enter_context(output_lock(config.output_dir))
+            found = training.find_checkpoint(config)
+            if found:
+                training.check_resume_config(resolved, config.output_dir, found)
+            return found
+
+        checkpoint = distributed.run_on_main(config, claim_output_dir)
         if checkpoint:
-            training.check_resume_config(resolved, config.output_dir, checkpoint)
             logger.info("resuming from %s", checkpoint)
 
-        # 3. The model and tokenizer (the embedded default is converted from GGUF once, then cached).
-        model_path = models.resolve_model_path(model_args.model_name_or_path, cache_dir=script_args.model_cache_dir)
+        # 3. The model and tokenizer (the embedded default is converted from GGUF once, then cached: by the first
+        # process of each machine, which the others wait for).
+        with config.main_process_first(desc="preparing the model"):
+            model_path = models.resolve_model_path(
+                model_args.model_name_or_path, cache_dir=script_args.model_cache_dir
+            )
         tokenizer = models.load_tokenizer(model_path, trust_remote_code=config.trust_remote_code)
         model = models.load_model(
             model_path,
@@ -77,30 +100,41 @@ def train(model_args: ModelArguments, script_args: ScriptArguments, config: Trai
             quantization=model_args.quantization,
             trust_remote_code=config.trust_remote_code,
             attn_implementation=model_args.attn_implementation,
+            sharded=distributed.shards_parameters(config),
         )
         if model_args.fp16_overflow_guard:
             add_fp16_overflow_guard(model)
 
-        # 4. Answer-only labels; examples that do not fit max_length are dropped and counted.
-        train_data, eval_data = training.load_training_data(script_args, tokenizer, config.max_length, config.seed)
+        # 4. Answer-only labels; examples that do not fit max_length are dropped and counted. The first process of
+        # each machine tokenizes first; the others read its cached result.
+        with config.main_process_first(desc="tokenizing"):
+            train_data, eval_data = training.load_training_data(script_args, tokenizer, config.max_length, config.seed)
         logger.info("training on %d examples, validating on %d", len(train_data), len(eval_data or []))
 
         # 5. Train (saving the resolved config beside the checkpoints first).
-        training.save_run_config(resolved, config.output_dir)
+        if main_process:
+            training.save_run_config(resolved, config.output_dir)
         peft_config = training.lora_config(model_args) if model_args.use_peft else None
         trainer = training.build_trainer(model, tokenizer, config, train_data, eval_data, peft_config)
+        logger.info("%s", distributed.describe_batch(config))
         trainer.train(resume_from_checkpoint=checkpoint)
 
-        # 6. Save the adapter (or full model), tokenizer and chat template; draw the losses.
+        # 6. Save the adapter (or full model): every process takes part (FSDP and ZeRO-3 gather the shards), the
+        # main one writes. Then, on the main process only: tokenizer, chat template, losses.
+        if trainer.is_fsdp_enabled:  # whole adapter weights, loadable without FSDP (checkpoints stay sharded)
+            trainer.accelerator.state.fsdp_plugin.set_state_dict_type("FULL_STATE_DICT")
         trainer.save_model(config.output_dir)
-        tokenizer.save_pretrained(config.output_dir)
         trainer.save_state()
+        if not main_process:
+            return
+        tokenizer.save_pretrained(config.output_dir)
         if plot_losses(
             trainer.state.log_history, Path(config.output_dir) / "loss.png", title=Path(config.output_dir).name
         ):
             logger.info("wrote %s", Path(config.output_dir) / "loss.png")
 
-        # 7. Merge the adapter into the base model, write the model card, push.
+        # 7. Merge the adapter into the base model, write the model card, push (main process only: the others
+        # have finished).
         card = dict(
             base_model=model_args.model_name_or_path,
             dataset_path=script_args.dataset_path,

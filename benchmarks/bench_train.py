@@ -9,6 +9,9 @@
     python benchmarks/bench_train.py --model llama-3.2-1b-shape --examples 1024 --batch_size 8 --packing \
         --json_out llama1b.json
 
+    # Data parallelism: the dynamic variant in 1 process, then in N processes (accelerate launch, DDP; gloo on CPU)
+    python benchmarks/bench_train.py --processes 2 --examples 64 --batch_size 4 --max_length 512
+
 Data: SQuAD v2 training rows as create_dataset.py builds them (dev-v2.0.json, test articles 25:35 held out), the
 first --examples of a seeded shuffle, tokenized with answer-only labels; rows longer than --max_length are dropped
 (and counted). Every variant trains one epoch over exactly these examples, with the same model, LoRA adapter, batch
@@ -21,6 +24,11 @@ size, seed and TrainConfig, through ``llama_squad.training.build_trainer``; only
     grouped   dynamic + train_sampling_strategy=group_by_length (transformers' LengthGroupedSampler: batches of
               similar lengths), an option of train.py (TrainConfig is TRL's SFTConfig)
     packing   (--packing, CUDA + flash-attn only) TRL packing (BFD) into rows of max_length
+
+--processes N compares instead 1 process with N data-parallel processes on the dynamic variant: the same examples
+(a multiple of N x batch), the same per-device batch (so N processes take N x fewer steps of N x the examples), the
+machine's cores split evenly between the processes on a CPU (one GPU each on GPUs). Tokens/s of N processes is all
+the non-pad tokens they trained over the longest process's epoch time; peak memory is per process.
 
 Each variant runs in a fresh subprocess, so peak memories do not mix: --warmup_steps steps first (not timed), then
 the timed epoch, from on_train_begin to the last on_step_end (batch loading, forward, backward, optimizer step).
@@ -80,6 +88,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--peak_tflops", type=float, default=None, help="peak FLOP/s of the device, for MFU")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json_out", default=None, help="also write the figures to this JSON file")
+    parser.add_argument(
+        "--processes",
+        type=int,
+        default=None,
+        help="compare 1 process with N data-parallel processes (accelerate launch) instead of the variants",
+    )
     # Internal: one variant in this process (the parent runs each in a fresh subprocess).
     parser.add_argument("--variant", choices=VARIANTS, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--data_dir", default=None, help=argparse.SUPPRESS)
@@ -167,9 +181,12 @@ def prepare_data(args, folder: Path) -> dict:
     train = train.select(range(min(args.examples, len(train))))
     tokenizer = load_tokenizer(tokenizer_path(args))
     tokenized, dropped = tokenize_dataset(train, tokenizer, args.max_length)
-    usable = len(tokenized) // args.batch_size * args.batch_size  # whole batches: one epoch = the same examples
+    per_step = args.batch_size * (args.processes or 1)  # whole batches on every process: one epoch = the same examples
+    usable = len(tokenized) // per_step * per_step
     if usable == 0:
-        raise SystemExit(f"--examples {args.examples}: fewer than one batch of {args.batch_size} fits --max_length")
+        raise SystemExit(
+            f"--examples {args.examples}: fewer than {per_step} examples (one batch each) fit --max_length"
+        )
     tokenized = tokenized.select(range(usable))
     tokenized.save_to_disk(str(folder))
     lengths = [len(ids) for ids in tokenized["input_ids"]]
@@ -351,6 +368,9 @@ def run_variant(args) -> dict:
         "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
         "attn_implementation": model.config._attn_implementation,
         "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
+        "process_index": config.process_index,
+        "processes": config.world_size,
+        "threads": torch.get_num_threads(),
     }
 
 
@@ -459,11 +479,123 @@ def print_report(args, data: dict, results: list[dict], note: str | None, wall_s
     print(f"wall time     {wall_s:.0f} s for the whole benchmark")
 
 
+def rank_file(result_file: str | Path, rank: int) -> Path:
+    """Where process ``rank`` of a child run writes its figures."""
+    return Path(f"{result_file}.{rank}")
+
+
+def cpu_count() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launch_argv(args, processes: int, threads: int) -> list[str]:
+    """``accelerate launch`` of ``processes`` local processes: torchrun underneath; DDP over gloo without a GPU (the
+    Trainer trains on the CPU there), over NCCL with one GPU each."""
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(processes)]
+    launch += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    return [*launch, "--num_cpu_threads_per_process", str(threads), "--main_process_port", str(free_port())]
+
+
+def merge_ranks(results: list[dict]) -> dict:
+    """One row for the processes of a data-parallel run: tokens of all of them over the slowest one's time."""
+    first = results[0]
+    seconds = max(r["seconds"] for r in results)
+    tokens = sum(r["non_pad_tokens"] for r in results)
+    return first | {
+        "examples": sum(r["steps"] * r["batch_size"] for r in results),
+        "non_pad_tokens": tokens,
+        "padded_positions": sum(r["padded_positions"] for r in results),
+        "seconds": seconds,
+        "tokens_per_s": tokens / seconds,
+        "cpu_seconds": sum(r["cpu_seconds"] for r in results),
+        "peak_memory_bytes": max(r["peak_memory_bytes"] for r in results),
+    }
+
+
+def compare_processes(args, cuda: bool, start: float) -> int:
+    """The dynamic variant in 1 process, then in --processes N (accelerate launch), on the same examples."""
+    import torch
+    import transformers
+
+    n = args.processes
+    if n < 2:
+        raise SystemExit(f"--processes {n}: give 2 or more (the baseline is 1 process)")
+    if cuda and torch.cuda.device_count() < n:
+        raise SystemExit(f"--processes {n}: this machine has {torch.cuda.device_count()} GPUs; one process per GPU")
+    cores = cpu_count()
+    runs = [(1, 1 if cuda else cores), (n, 1 if cuda else max(1, cores // n))]
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        data_dir = Path(tmp) / "data"
+        print(f"tokenizing {args.examples} SQuAD v2 training examples...", file=sys.stderr)
+        data = prepare_data(args, data_dir)
+        for processes, threads in runs:
+            print(f"training in {processes} process(es), {threads} thread(s) each...", file=sys.stderr, flush=True)
+            result_file = Path(tmp) / f"processes-{processes}.json"
+            argv = child_argv(args, "dynamic", data_dir, result_file)
+            env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": str(threads)}
+            env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
+            if processes > 1:
+                argv = [*launch_argv(args, processes, threads), *argv[1:]]  # argv[0] is the python interpreter
+            subprocess.run(argv, check=True, env=env)
+            results = [json.loads(rank_file(result_file, k).read_text(encoding="utf-8")) for k in range(processes)]
+            rows.append(merge_ranks(results))
+
+    first = rows[0]
+    print(f"device        {first['device']}" + ("" if cuda else f" ({cores} cores)"))
+    print(f"versions      torch {torch.__version__}, transformers {transformers.__version__}")
+    print(f"model         {args.model}, {first['dtype']}, LoRA r={args.lora_r} on all linear layers, dynamic padding")
+    print(
+        f"data          {data['examples']} SQuAD v2 training examples, tokens/example mean {data['length_mean']:.0f}, "
+        f"max {data['length_max']}; per-device batch {args.batch_size}"
+    )
+    print(f"timing        one epoch after {args.warmup_steps} untimed warm-up steps, in fresh processes")
+    print()
+    header = (
+        f"{'processes':>9} {'threads/proc':>12} {'steps':>5} {'eff. batch':>10} {'non-pad tok/s':>13} "
+        f"{'tok/CPU-s':>9} {'peak mem/proc':>13}"
+    )
+    print(header)
+    print("-" * len(header))
+    for r in rows:
+        print(
+            f"{r['processes']:>9} {r['threads']:>12} {r['steps']:>5} {r['batch_size'] * r['processes']:>10} "
+            f"{r['tokens_per_s']:>13,.0f} {r['non_pad_tokens'] / r['cpu_seconds']:>9,.0f} "
+            f"{gib(r['peak_memory_bytes']):>13}"
+        )
+    base, many = rows
+    cpu = (many["non_pad_tokens"] / many["cpu_seconds"]) / (base["non_pad_tokens"] / base["cpu_seconds"])
+    print()
+    print(
+        f"{n} processes / 1 process: tokens/s {many['tokens_per_s'] / base['tokens_per_s']:.2f}x "
+        f"(per CPU-second {cpu:.2f}x; ideal {n}x with {n} devices)"
+    )
+    if not cuda:
+        print(
+            f"on {cores} CPU cores the processes share the cores one process already used: expect about 1x "
+            "(gloo all-reduces the LoRA gradients each step); the run checks correctness, GPUs give the speed-up"
+        )
+    print(f"wall time     {time.perf_counter() - start:.0f} s for the whole benchmark")
+    if args.json_out:
+        payload = {"args": {k: v for k, v in vars(args).items() if v is not None}, "data": data, "results": rows}
+        Path(args.json_out).write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
+        print(f"wrote {args.json_out}")
+    return 0
+
+
 def main() -> int:
     args = parse_args()
-    if args.variant:  # a child: one variant, figures to --result_file
+    if args.variant:  # a child (or one of N): one variant, figures to --result_file (one per process)
         result = run_variant(args)
-        Path(args.result_file).write_text(json.dumps(result), encoding="utf-8")
+        rank_file(args.result_file, result["process_index"]).write_text(json.dumps(result), encoding="utf-8")
         return 0
     if not DEV.exists():
         print(f"{DEV} not found: this benchmark needs ../shared/data beside the checkout", file=sys.stderr)
@@ -477,6 +609,8 @@ def main() -> int:
         args.examples = 2048 if cuda else 64
     if args.warmup_steps is None:
         args.warmup_steps = 2 if cuda else 1
+    if args.processes:
+        return compare_processes(args, cuda, start)
     variants, note = chosen_variants(args, cuda)
     results = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -488,7 +622,7 @@ def main() -> int:
             result_file = Path(tmp) / f"{variant}.json"
             env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
             subprocess.run(child_argv(args, variant, data_dir, result_file), check=True, env=env)
-            results.append(json.loads(result_file.read_text(encoding="utf-8")))
+            results.append(json.loads(rank_file(result_file, 0).read_text(encoding="utf-8")))
     print_report(args, data, results, note, time.perf_counter() - start)
     if args.json_out:
         payload = {"args": {k: v for k, v in vars(args).items() if v is not None}, "data": data, "results": results}

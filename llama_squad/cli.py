@@ -4,13 +4,27 @@ import logging
 import sys
 
 
+def log_format(rank: int | None = None) -> str:
+    """The log line of every script; with ``rank``, tagged ``[rank N]`` (several processes share one terminal)."""
+    where = f" [rank {rank}]" if rank is not None else ""
+    return f"%(asctime)s{where} %(levelname)s %(name)s: %(message)s"
+
+
+DATE_FORMAT = "%H:%M:%S"
+
+
 def setup_logging(level: int = logging.INFO) -> None:
     """One log format for every script; quiets the chattiest libraries."""
-    logging.basicConfig(
-        level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S", stream=sys.stderr
-    )
+    logging.basicConfig(level=level, format=log_format(), datefmt=DATE_FORMAT, stream=sys.stderr)
     for noisy in ("httpx", "urllib3", "filelock", "fsspec"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def tag_logs_with_rank(rank: int) -> None:
+    """Prefix this process's log lines (those of the handlers ``setup_logging`` installed) with ``[rank N]``."""
+    formatter = logging.Formatter(log_format(rank), datefmt=DATE_FORMAT)
+    for handler in logging.getLogger().handlers:
+        handler.setFormatter(formatter)
 
 
 def parse_dataclasses(types, argv: list[str] | None = None):

