@@ -89,8 +89,8 @@ def evaluate(args: TestArguments, options: GenerationOptions) -> None:
     import torch
     from accelerate import PartialState
 
-    from llama_squad import generation, models, results
-    from llama_squad.io import InputError
+    from llama_squad import distributed, generation, models, results
+    from llama_squad.io import InputError, output_lock
     from llama_squad.summary import format_table, metrics_table, run_name
     from llama_squad.tasks import get_task
 
@@ -113,7 +113,10 @@ def evaluate(args: TestArguments, options: GenerationOptions) -> None:
     state = PartialState(cpu=distributed_cpu)
     rank, processes = state.process_index, state.num_processes
     columns = results.result_columns(task)
-    with main_process_lock(state, output_dir):  # 2. One run at a time per folder; resume only these settings.
+    distributed.quiet_replicas(processes, rank, state.is_local_main_process)
+    with contextlib.ExitStack() as stack:  # 2. One run at a time per folder (the main process holds the lock).
+        distributed.run_on_main(state, lambda: stack.enter_context(output_lock(output_dir)))
+        # Resume only results of these settings.
         results.check_resume(output_dir, settings, len(examples), args.overwrite)
         done = set() if args.overwrite else results.answered_ids(output_dir, columns)
         mine = examples[rank::processes]
@@ -169,28 +172,6 @@ def evaluate(args: TestArguments, options: GenerationOptions) -> None:
         generation.save_metrics(metrics, output_dir / "metrics.json")
     print(format_table(metrics_table({run_name(output_csv): {"task": rows["task"].iloc[0], **metrics}})))
     logger.info("wrote %s and %s", output_csv, output_dir / "metrics.json")
-
-
-@contextlib.contextmanager
-def main_process_lock(state, output_dir: Path):
-    """The output folder's lock, held by the main process for the whole run; when it cannot be had, every process
-    stops (the others learn it from the main process, so no process starts writing)."""
-    from accelerate.utils import broadcast_object_list
-
-    from llama_squad.io import InputError, output_lock
-
-    with contextlib.ExitStack() as stack:
-        error = [None]
-        if state.is_main_process:
-            try:
-                stack.enter_context(output_lock(output_dir))
-            except InputError as e:
-                error = [str(e)]
-        if state.num_processes > 1:
-            broadcast_object_list(error, from_process=0)
-        if error[0]:
-            raise InputError(error[0])
-        yield
 
 
 def run_settings(args: TestArguments, options: GenerationOptions, task: str) -> dict:

@@ -39,19 +39,24 @@ def setup_process_logging(config) -> bool:
     lowered to ``--log_level_replica`` (warning by default), their progress bars and the deprecation warnings the
     main process shows already hidden. Returns whether this process logs in full. Does nothing in a single process.
     """
-    if config.world_size == 1:
+    return quiet_replicas(config.world_size, config.process_index, config.should_log, config.get_process_log_level())
+
+
+def quiet_replicas(world_size: int, process_index: int, logs_in_full: bool, level: int = logging.WARNING) -> bool:
+    """``setup_process_logging`` for any script: tag the lines with the rank; below ``level`` on the processes that do
+    not log in full. Returns ``logs_in_full``."""
+    if world_size == 1:
         return True
     from llama_squad.cli import tag_logs_with_rank
 
-    tag_logs_with_rank(config.process_index)
-    if config.should_log:
+    tag_logs_with_rank(process_index)
+    if logs_in_full:
         return True
     import warnings
 
     import datasets
     import transformers
 
-    level = config.get_process_log_level()
     logging.getLogger().setLevel(level)
     transformers.utils.logging.set_verbosity(level)
     transformers.utils.logging.disable_progress_bar()
@@ -64,7 +69,8 @@ def setup_process_logging(config) -> bool:
 
 
 def run_on_main(config, fn: Callable[[], T]) -> T:
-    """``fn()`` on the main process only, its result handed to every process (it must pickle).
+    """``fn()`` on the main process only, its result handed to every process (it must pickle). ``config`` is the
+    ``TrainingArguments`` (``world_size``) or accelerate's ``PartialState`` (``num_processes``).
 
     An exception ``fn`` raises is raised on every process (the main one re-raises its own; the others a copy, or a
     ``RuntimeError`` with its message when it does not pickle), so that all of them stop with the same message rather
@@ -72,7 +78,8 @@ def run_on_main(config, fn: Callable[[], T]) -> T:
     """
     from accelerate.utils import broadcast_object_list
 
-    if config.world_size == 1:
+    world_size = config.world_size if hasattr(config, "world_size") else config.num_processes
+    if world_size == 1:
         return fn()
     outcome = [None, None]  # (result, exception)
     error = None

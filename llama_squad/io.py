@@ -135,28 +135,36 @@ LOCK_NAME = ".llama_squad.lock"
 
 
 @contextmanager
-def output_lock(folder: str | os.PathLike, option: str = "--output_dir") -> Iterator[Path]:
-    """Hold an exclusive lock on an output folder for the duration of a run; a second run on it fails at once.
-
-    The lock is an OS file lock (``filelock``) on ``folder/.llama_squad.lock``: the kernel drops it when the process
-    dies, so a crashed run never leaves the folder locked. The folder is created if needed.
-    """
+def file_lock(
+    path: str | os.PathLike, timeout: float, busy: str, error: type[InputError] = InputError
+) -> Iterator[Path]:
+    """Hold the OS file lock ``path`` (``filelock``), waiting up to ``timeout`` seconds (0: not at all); raise
+    ``error`` (an :class:`InputError`) with the ``busy`` message when another process holds it that long. The kernel
+    drops the lock when its holder dies, so a crash never leaves it held."""
     from filelock import FileLock, Timeout
 
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    lock = FileLock(folder / LOCK_NAME, timeout=0)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(path, timeout=timeout)
     try:
         lock.acquire()
     except Timeout:
-        raise InputError(
-            f"{option} {folder}: another run is writing to this folder right now (it holds {folder / LOCK_NAME}); "
-            f"wait for it to finish, or pass another {option}"
-        ) from None
+        raise error(busy) from None
     try:
-        yield folder
+        yield path
     finally:
         lock.release()
+
+
+def output_lock(folder: str | os.PathLike, option: str = "--output_dir"):
+    """Hold an exclusive lock on an output folder (``folder/.llama_squad.lock``) for the duration of a run; a second
+    run on it fails at once. The folder is created if needed."""
+    folder = Path(folder)
+    busy = (
+        f"{option} {folder}: another run is writing to this folder right now (it holds {folder / LOCK_NAME}); "
+        f"wait for it to finish, or pass another {option}"
+    )
+    return file_lock(folder / LOCK_NAME, timeout=0, busy=busy)
 
 
 def fingerprint_files(paths: list[str | os.PathLike], sample_bytes: int | None = None) -> str:

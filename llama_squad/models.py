@@ -1,6 +1,5 @@
 """Resolve and load models: Hub ids, local folders, and the embedded SmolLM2 default."""
 
-import contextlib
 import copy
 import importlib.util
 import json
@@ -8,13 +7,12 @@ import logging
 import os
 import shutil
 import time
-from collections.abc import Iterator
 from importlib import metadata
 from pathlib import Path
 
 import torch
 
-from llama_squad.io import InputError, atomic_path, fingerprint_files, read_json
+from llama_squad.io import InputError, atomic_path, file_lock, fingerprint_files, read_json
 
 logger = logging.getLogger(__name__)
 
@@ -107,32 +105,21 @@ def resolve_model_path(model_name_or_path: str, cache_dir: str | os.PathLike | N
     return str(folder)
 
 
-@contextlib.contextmanager
-def conversion_lock(folder: Path, timeout: float | None = None) -> Iterator[Path]:
+def conversion_lock(folder: Path, timeout: float | None = None):
     """Hold the OS file lock ``<folder>.lock`` (beside the cache folder) while converting into ``folder``.
 
     Processes that want the same folder (the ranks of a distributed run, two runs sharing a cache) convert one at a
     time; the others wait (up to ``timeout`` seconds, default ``CONVERT_LOCK_TIMEOUT``) and then find the folder
     done. The kernel drops the lock when its holder dies, so a crash never leaves the cache locked.
     """
-    from filelock import FileLock, Timeout
-
     timeout = CONVERT_LOCK_TIMEOUT if timeout is None else timeout
     path = folder.with_name(folder.name + ".lock")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    lock = FileLock(path, timeout=timeout)
-    try:
-        lock.acquire()
-    except Timeout:
-        raise ModelError(
-            f"--model_name_or_path {EMBEDDED_MODEL}: another process has been converting the embedded model into "
-            f"{folder} for over {timeout:.0f} s (it holds {path}); wait for it to finish, or pass --model_cache_dir "
-            "with another folder"
-        ) from None
-    try:
-        yield path
-    finally:
-        lock.release()
+    busy = (
+        f"--model_name_or_path {EMBEDDED_MODEL}: another process has been converting the embedded model into "
+        f"{folder} for over {timeout:.0f} s (it holds {path}); wait for it to finish, or pass --model_cache_dir "
+        "with another folder"
+    )
+    return file_lock(path, timeout=timeout, busy=busy, error=ModelError)
 
 
 def _gguf_source(gguf: Path) -> dict:

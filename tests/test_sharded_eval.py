@@ -53,7 +53,8 @@ def test_two_processes_give_the_results_of_one(tmp_path, one_process, tiny_model
     process = launch(eval_argv(tiny_model_dir, tiny_dataset_dir, out, "--max_new_tokens", "40"))
     log = process.communicate(timeout=600)[0].decode()
     assert process.returncode == 0, log[-3000:]
-    assert log.count("INFO test: answered 4 questions") == 2, "each process answers its half"
+    # the main process answers its half; the other one logs warnings only, tagged with its rank
+    assert log.count("INFO test: answered 4 questions") == 1 and "[rank 0] INFO test: answered 4" in log
     pd.testing.assert_frame_equal(by_id(out / "results.csv"), by_id(one_process / "results.csv"))
     assert json.loads((out / "metrics.json").read_text()) == json.loads((one_process / "metrics.json").read_text())
     record = json.loads((out / "run.json").read_text())
