@@ -119,7 +119,8 @@ def evaluate(args: TestArguments, options: GenerationOptions) -> None:
         # Resume only results of these settings.
         results.check_resume(output_dir, settings, len(examples), args.overwrite)
         done = set() if args.overwrite else results.answered_ids(output_dir, columns)
-        mine = examples[rank::processes]
+        # a contiguous block each: the questions that share a prompt prefix (one dialogue turn) stay together
+        mine = examples[rank * len(examples) // processes : (rank + 1) * len(examples) // processes]
         todo = [ex for ex in mine if str(ex["id"]) not in done]
 
         # 3. The model (base + adapter, merged, or the embedded default), if anything is left to answer.

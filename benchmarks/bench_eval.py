@@ -10,6 +10,18 @@ questions in one run (goal on a GPU: >= 20x with SmolLM2-135M-Instruct on the 3,
     python benchmarks/bench_eval.py --model embedded --limit 3856 --batch_size 64 --baseline_limit 300 \
         --json_out bench_eval.json
 
+MultiWOZ (--task multiwoz): prefix sharing against the unshared path, on the same first --turns user turns of the
+MultiWOZ 2.1 test split (30 questions a turn at slot level, 5 at domain level; dialogue first, question last), same
+model, batch size and options, greedy; --json_out gets {"speedup", "identical_outputs", "turns", "questions", ...}:
+
+    python benchmarks/bench_eval.py --task multiwoz --model embedded --turns 20 --batch_size 30 --max_new_tokens 12
+    python benchmarks/bench_eval.py --task multiwoz --granularity domain --model embedded --turns 20 --batch_size 32
+
+Unshared: every question's whole prompt goes through the model (test.py with --share_prefix false). Shared (test.py's
+default): the questions of one turn are batched together, their common prefix (system prompt and dialogue) runs
+once, and its keys and values are repeated for each question, whose own tokens (the slot question) follow. Peak
+memory is measured per run: CUDA's allocator peak, or the process's peak RSS (VmHWM, reset before the run) on a CPU.
+
 Questions: the test split of the dev-split protocol (dev-v2.0.json, articles 25-34: 3,856 questions), built in process
 as create_dataset.py builds it, shuffled with --seed so that a --limit subset has the split's mix of prompt lengths.
 The baseline's questions are the first --baseline_limit of ours.
@@ -143,8 +155,9 @@ def timed_run(generator, questions: list[dict], batch_size: int, folder: Path, l
         torch.cuda.synchronize()
     seconds = time.perf_counter() - start
     results = read_results(output_csv)
-    if answered != len(questions) or len(results) != len(questions):
-        raise RuntimeError(f"{label}: answered {answered} and wrote {len(results)} of {len(questions)} questions")
+    written = results["example_id"].nunique()  # a MultiWOZ domain question has a row per slot
+    if answered != len(questions) or written != len(questions):
+        raise RuntimeError(f"{label}: answered {answered} and wrote {written} of {len(questions)} questions")
     tokens = int(results["completion_tokens"].sum())
     return {
         "questions": answered,
@@ -167,6 +180,121 @@ def row(label: str, run: dict) -> str:
     )
 
 
+# ---------------------------------------------------------------------------------------------------- multiwoz
+
+MULTIWOZ = REPO.parent / "shared" / "data" / "multiwoz21"
+QUESTIONS_PER_TURN = {"slot": 30, "domain": 5}
+TEST_TURNS_21 = 7372  # user turns of the MultiWOZ 2.1 test split
+
+
+def reset_peak_rss() -> None:
+    """Start a new peak for VmHWM (Linux: writing 5 to clear_refs resets it)."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+
+
+def peak_rss_mib() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def load_turns(granularity: str, turns: int) -> list[dict]:
+    """The questions of the first ``turns`` user turns of the MultiWOZ 2.1 test split, as create_dataset.py builds."""
+    from datasets.utils.logging import disable_progress_bar
+
+    from llama_squad.tasks.multiwoz import Arguments, build_dataset
+
+    disable_progress_bar()
+    per_turn = QUESTIONS_PER_TURN[granularity]
+    dialogues = max(2, turns // 6 + 2)  # ~7 user turns a dialogue: enough dialogues for the turns asked
+    options = Arguments(
+        task="multiwoz", output_dir="", train_file=str(MULTIWOZ / "val.json.zip"),
+        test_file=str(MULTIWOZ / "test.json.zip"), granularity=granularity, max_dialogues_per_split=dialogues,
+    )  # fmt: skip
+    test = build_dataset(options)["test"]
+    return [dict(row) for row in test.select(range(min(len(test), turns * per_turn)))]
+
+
+def multiwoz_main(args) -> int:
+    import logging
+
+    import torch
+    import transformers
+
+    from llama_squad.cli import setup_logging
+    from llama_squad.generation import GenerationOptions, Generator
+
+    if not (MULTIWOZ / "test.json.zip").exists():
+        print(f"{MULTIWOZ} not found: this benchmark needs ../shared/data beside the checkout", file=sys.stderr)
+        return 1
+    setup_logging(logging.WARNING)
+    cuda = torch.cuda.is_available()
+    batch_size = args.batch_size or (QUESTIONS_PER_TURN[args.granularity] * (4 if cuda else 1))
+    max_new_tokens = args.max_new_tokens or 24
+    load_before = os.getloadavg()[0]
+    questions = load_turns(args.granularity, args.turns)
+    turns = len({(q["dialogue_id"], q["turn"]) for q in questions})
+    model, tokenizer = load_model(args.model)
+    runs = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for label, share in (("unshared", False), ("shared", True)):
+            generator = Generator(
+                model, tokenizer, GenerationOptions(max_new_tokens=max_new_tokens, share_prefix=share)
+            )
+            reset_peak_rss()
+            run = timed_run(generator, questions, batch_size, Path(tmp), label)
+            run["peak_memory_mib"] = torch.cuda.max_memory_allocated() / 2**20 if cuda else peak_rss_mib()
+            runs[label] = run
+    load_after = os.getloadavg()[0]
+    unshared, shared = runs["unshared"], runs["shared"]
+    same = sum(shared["outputs"][qid] == text for qid, text in unshared["outputs"].items())
+    speedup = shared["questions_per_s"] / unshared["questions_per_s"]
+    per_turn_s = shared["seconds"] / turns
+    figures = {
+        "task": "multiwoz",
+        "granularity": args.granularity,
+        "device": device_name(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "model": args.model,
+        "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
+        "max_new_tokens": max_new_tokens,
+        "batch_size": batch_size,
+        "turns": turns,
+        "questions": len(questions),
+        "speedup": speedup,
+        "identical_outputs": same == len(unshared["outputs"]),
+        "identical_count": same,
+        "seconds_per_turn_shared": per_turn_s,
+        "seconds_per_turn_unshared": unshared["seconds"] / turns,
+        "projected_test_split_hours_shared": per_turn_s * TEST_TURNS_21 / 3600,
+        "projected_test_split_hours_unshared": unshared["seconds"] / turns * TEST_TURNS_21 / 3600,
+        "load_average_1min": [load_before, load_after],
+        **{name: {k: v for k, v in run.items() if k != "outputs"} for name, run in runs.items()},
+    }
+    print(f"device: {figures['device']} | torch {torch.__version__}, transformers {transformers.__version__}")
+    print(f"1-min load average: {load_before:.1f} at the start, {load_after:.1f} at the end ({os.cpu_count()} cores)")
+    print(f"model: {args.model} ({figures['dtype']}), greedy, max_new_tokens {max_new_tokens}, batch {batch_size}")
+    print(f"questions: {len(questions):,} ({args.granularity} level) of the first {turns} test turns of MultiWOZ 2.1")
+    memory = "peak MiB" if cuda else "peak RSS MiB"
+    print(f"  {'':<16} {'questions':>9} {'batch':>5} {'seconds':>9} {'questions/s':>11} {'gen tokens':>10} "
+          f"{'tokens/s':>9} {'mean prompt':>11} {memory:>9}")  # fmt: skip
+    print(row("unshared", unshared))
+    print(row("shared prefix", shared))
+    print(f"  speed-up: {speedup:.2f}x questions/s; identical greedy answers: {same}/{len(unshared['outputs'])} rows")
+    print(f"  per turn: {figures['seconds_per_turn_unshared']:.2f} s unshared, {per_turn_s:.2f} s shared; the "
+          f"{TEST_TURNS_21:,} test turns: {figures['projected_test_split_hours_unshared']:.1f} h unshared, "
+          f"{figures['projected_test_split_hours_shared']:.1f} h shared on this machine")  # fmt: skip
+    if args.json_out:
+        Path(args.json_out).write_text(json.dumps(figures, indent=2) + "\n", encoding="utf-8")
+        print(f"wrote {args.json_out}")
+    return 0
+
+
 # ---------------------------------------------------------------------------------------------------- main
 
 
@@ -183,7 +311,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--seed", type=int, default=0, help="Shuffles the questions before --limit.")
     parser.add_argument("--json_out", default=None, help="Also write the figures to this JSON file.")
+    parser.add_argument("--task", choices=["squad_v2", "multiwoz"], default="squad_v2", help="See the docstring.")
+    parser.add_argument("--granularity", choices=list(QUESTIONS_PER_TURN), default="slot", help="MultiWOZ questions.")
+    parser.add_argument("--turns", type=int, default=10, help="MultiWOZ: the first N user turns of the test split.")
     args = parser.parse_args(argv)
+    if args.task == "multiwoz":
+        return multiwoz_main(args)
     if not DEV.exists():
         print(f"{DEV} not found: this benchmark needs ../shared/data beside the checkout", file=sys.stderr)
         return 1

@@ -29,6 +29,7 @@ class GenerationOptions:
     top_p: float = 1.0
     top_k: int = 50
     force_answer: bool = False
+    share_prefix: bool = True  # compute the prompt prefix a group of questions shares once (greedy / sampling)
 
     def problems(self) -> list[str]:
         """What is wrong with these options, one line per option (empty when they are fine)."""
@@ -69,6 +70,7 @@ class Conversation:
     turns_left: int
     outputs: list[str] = field(default_factory=list)
     next_prompt: tuple[list[int], str] | None = None  # the next turn's prompt ids and prefix, when already tokenized
+    shared: int = 0  # how many first prompt tokens it shares with the other questions of its group (every turn)
     prompt_tokens: int = 0
     completion_tokens: int = 0
 
@@ -81,6 +83,15 @@ def start_conversation(example: dict) -> Conversation:
         follow_ups=[m for m in completion if m["role"] == "user"],
         turns_left=sum(m["role"] == "assistant" for m in completion),
     )
+
+
+def cache_kwarg(model) -> str:
+    """The name under which ``generate`` takes a precomputed cache: ``cache`` (transformers >= 5.2x) or
+    ``past_key_values`` (earlier releases, and a deprecated alias since)."""
+    import inspect
+
+    forward = getattr(model, "get_base_model", lambda: model)().forward
+    return "cache" if "cache" in inspect.signature(forward).parameters else "past_key_values"
 
 
 def left_pad(sequences: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -112,15 +123,27 @@ class Generator:
         return tokenize_prompt(self.tokenizer, messages, assistant_prefix=prefix), prefix or ""
 
     @torch.inference_mode()
-    def generate(self, prompts: list[list[int]]) -> list[tuple[str, int]]:
-        """(text, number of generated tokens) for each prompt, stopping at the end-of-turn token."""
-        input_ids, attention_mask = left_pad(prompts, self.pad_id)
+    def generate(self, prompts: list[list[int]], prefix_lengths: list[int] | None = None) -> list[tuple[str, int]]:
+        """(text, number of generated tokens) for each prompt, stopping at the end-of-turn token.
+
+        ``prefix_lengths[i]``: how many first tokens prompt ``i`` shares with the other prompts of its group (rows with
+        the same first tokens). Each distinct prefix then goes through the model once, and its keys and values are
+        handed to every row that starts with it (``shared_prefix_cache``); without them every row is run whole.
+        """
+        prefixes = None
+        sharing = self.options.share_prefix and self.options.num_beams == 1
+        if prefix_lengths is not None and sharing and min(prefix_lengths) > 0:
+            prefixes = [tuple(p[:n]) for p, n in zip(prompts, prefix_lengths, strict=True)]
+            if any(len(prefix) >= len(p) for prefix, p in zip(prefixes, prompts, strict=True)):
+                prefixes = None  # every row must keep one token of its own to feed
+        kwargs = self.options.generate_kwargs(self.stop_ids, self.pad_id)
+        if prefixes is None or len(set(prefixes)) == len(prefixes):  # nothing shared: one pass, as is
+            input_ids, attention_mask = left_pad(prompts, self.pad_id)
+        else:
+            input_ids, attention_mask, cache = self.shared_prefix_cache(prompts, prefixes)
+            kwargs[cache_kwarg(self.model)] = cache
         device = self.model.device
-        out = self.model.generate(
-            input_ids=input_ids.to(device),
-            attention_mask=attention_mask.to(device),
-            **self.options.generate_kwargs(self.stop_ids, self.pad_id),
-        )
+        out = self.model.generate(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device), **kwargs)
         results = []
         for row in out[:, input_ids.shape[1] :].tolist():
             n = len(row)
@@ -132,6 +155,36 @@ class Generator:
             results.append((text, n))
         return results
 
+    def shared_prefix_cache(self, prompts: list[list[int]], prefixes: list[tuple[int, ...]]):
+        """The inputs of ``generate`` for prompts that start with ``prefixes`` (a few distinct ones), and the cache of
+        those prefixes: (input_ids, attention_mask, cache).
+
+        The distinct prefixes run through the model once, left-padded, at the positions the full prompts give them;
+        their cache rows are then repeated for every prompt that starts with each (transformers' ``DynamicCache``,
+        ``batch_select_indices``). Each input row is its prefix as padded there, then its own tokens, left-padded
+        among themselves: ``[pad.. prefix][pad.. own tokens]``, the pads masked; the positions that ``generate``
+        derives from the mask are those of the prompt alone.
+        """
+        distinct = list(dict.fromkeys(prefixes))
+        group = {prefix: k for k, prefix in enumerate(distinct)}
+        device = self.model.device
+        prefix_ids, prefix_mask = left_pad([list(p) for p in distinct], self.pad_id)
+        positions = (prefix_mask.cumsum(-1) - 1).clamp(min=0)
+        out = self.model(
+            input_ids=prefix_ids.to(device),
+            attention_mask=prefix_mask.to(device),
+            position_ids=positions.to(device),
+            use_cache=True,
+        )
+        cache = out["cache"] if "cache" in out else out["past_key_values"]
+        rows = [group[prefix] for prefix in prefixes]
+        cache.batch_select_indices(torch.tensor(rows, device=device))
+        own = [p[len(prefix) :] for p, prefix in zip(prompts, prefixes, strict=True)]
+        own_ids, own_mask = left_pad(own, self.pad_id)
+        input_ids = torch.cat([prefix_ids[rows], own_ids], dim=1)
+        attention_mask = torch.cat([prefix_mask[rows], own_mask], dim=1)
+        return input_ids, attention_mask, cache
+
     def answer(self, conversations: list[Conversation]) -> None:
         """Run every turn of every conversation (each turn batched across conversations)."""
         active = [c for c in conversations if c.turns_left > 0]
@@ -141,7 +194,7 @@ class Generator:
                 ids, prefix = c.next_prompt or self.prompt_ids(c.messages, last_turn=c.turns_left == 1)
                 c.next_prompt = None
                 batch.append((c, ids, prefix))
-            outputs = self.generate([ids for _, ids, _ in batch])
+            outputs = self.generate([ids for _, ids, _ in batch], [c.shared for c, _, _ in batch])
             for (c, ids, prefix), (text, n) in zip(batch, outputs, strict=True):
                 text = prefix + text.rstrip() if prefix else text.strip()
                 c.prompt_tokens = len(ids)
@@ -159,6 +212,50 @@ def batches_by_length(examples: list[dict], lengths: list[int], batch_size: int)
     order = sorted(range(len(examples)), key=lambda i: -lengths[i])
     for start in range(0, len(order), batch_size):
         yield [examples[i] for i in order[start : start + batch_size]]
+
+
+def common_prefix_length(a: list[int], b: list[int]) -> int:
+    """How many first tokens ``a`` and ``b`` share."""
+    import numpy as np
+
+    n = min(len(a), len(b))
+    differ = np.flatnonzero(np.asarray(a[:n]) != np.asarray(b[:n]))
+    return int(differ[0]) if len(differ) else n
+
+
+def prefix_groups(prompts: list[list[int]], batch_size: int, min_fraction: float = 0.5) -> list[tuple[list[int], int]]:
+    """Groups of consecutive prompts that share most of their tokens: (indices, tokens all of them share).
+
+    A prompt joins the group of the prompt before it when they share at least ``min_fraction`` of its tokens and the
+    group holds fewer than ``batch_size``: the 30 slot questions of one MultiWOZ turn (the dialogue first, the slot
+    last), the questions of one SQuAD paragraph (the context first). Datasets are stored in that order. Each prompt
+    keeps at least its last token of its own.
+    """
+    groups: list[tuple[list[int], int]] = []
+    for i, prompt in enumerate(prompts):
+        if groups:
+            members, shared = groups[-1]
+            common = common_prefix_length(prompts[members[0]], prompt)
+            if len(members) < batch_size and common >= min_fraction * len(prompt):
+                members.append(i)
+                groups[-1] = (members, min(shared, common, len(prompt) - 1))
+                continue
+        groups.append(([i], len(prompt) - 1))
+    return groups
+
+
+def batches_of_groups(groups: list[tuple[list[int], int]], lengths: list[int], batch_size: int) -> Iterator[list]:
+    """Whole groups packed into batches of at most ``batch_size`` prompts, longest first (an out-of-memory shows at
+    once; similar lengths pad little): lists of (index, shared prefix length)."""
+    groups = sorted(groups, key=lambda g: -max(lengths[i] for i in g[0]))
+    batch: list[tuple[int, int]] = []
+    for members, shared in groups:
+        if batch and len(batch) + len(members) > batch_size:
+            yield batch
+            batch = []
+        batch.extend((i, shared) for i in members)
+    if batch:
+        yield batch
 
 
 def results_rows(task, conversation: Conversation) -> list[dict]:
@@ -215,10 +312,19 @@ def run_generation(
         conversation.next_prompt = generator.prompt_ids(conversation.messages, last_turn=conversation.turns_left == 1)
         conversations[ex["id"]] = conversation
     lengths = [len(conversations[ex["id"]].next_prompt[0]) for ex in todo]
+    if generator.options.share_prefix and generator.options.num_beams == 1:
+        groups = prefix_groups([conversations[ex["id"]].next_prompt[0] for ex in todo], batch_size)
+        batches = []
+        for batch in batches_of_groups(groups, lengths, batch_size):
+            for i, shared in batch:
+                conversations[todo[i]["id"]].shared = shared
+            batches.append([todo[i] for i, _ in batch])
+    else:
+        batches = batches_by_length(todo, lengths, batch_size)
     start = time.perf_counter()
     bar = tqdm(total=len(todo), unit="q", desc="generating", disable=not progress, dynamic_ncols=True)
     done = 0
-    for batch in batches_by_length(todo, lengths, batch_size):
+    for batch in batches:
         answered = [conversations.pop(ex["id"]) for ex in batch]
         generator.answer(answered)
         writer.write([row for c in answered for row in results_rows(task, c)])

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -152,3 +153,82 @@ def test_dst_runs_through_the_same_test_py(tiny_model_dir, tmp_path, granularity
     assert set(results["slot"]) == set(SLOT_NAMES) and results["dialogue_id"].nunique() == 1
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["complete_turns"] == 2 and 0 <= metrics["jga"] <= 100 and "jga_fuzzy" in metrics
+
+
+def test_prefix_groups_join_consecutive_prompts_that_share_most_tokens():
+    from llama_squad.generation import batches_of_groups, common_prefix_length, prefix_groups
+
+    turn_a = [[1, 2, 3, 4, 5, 6, 7, 10], [1, 2, 3, 4, 5, 6, 7, 11, 12], [1, 2, 3, 4, 5, 6, 7, 13]]
+    turn_b = [[1, 2, 9, 9, 9, 9, 9, 20], [1, 2, 9, 9, 9, 9, 9, 21]]
+    lone = [[5, 5, 5]]
+    prompts = turn_a + turn_b + lone
+    assert common_prefix_length(turn_a[0], turn_a[1]) == 7 and common_prefix_length([1, 2], [1, 2]) == 2
+    assert prefix_groups(prompts, batch_size=8) == [([0, 1, 2], 7), ([3, 4], 7), ([5], 2)]
+    # a full group starts another one; the shared length never takes a prompt's last token
+    assert prefix_groups(turn_a, batch_size=2) == [([0, 1], 7), ([2], 7)]
+    assert prefix_groups([[1, 2, 3], [1, 2, 3]], batch_size=8) == [([0, 1], 2)]
+    lengths = [len(p) for p in prompts]
+    batches = list(batches_of_groups(prefix_groups(prompts, 8), lengths, batch_size=4))
+    assert batches == [[(0, 7), (1, 7), (2, 7)], [(3, 7), (4, 7), (5, 2)]]  # whole groups, longest first
+
+
+@pytest.mark.parametrize("source", ["multiwoz_slot", "squad_multi_turn"])
+def test_shared_prefix_answers_equal_the_unshared_ones(tmp_path, tiny_model_dir, source):
+    """Greedy answers are the same tokens with and without prefix sharing: MultiWOZ turns (30 questions after one
+    dialogue) and multi-turn SQuAD prompts (every turn starts with the shared context)."""
+    from conftest import write_squad
+
+    import create_dataset
+    from llama_squad.models import load_for_inference
+    from llama_squad.results import read_results
+
+    data = tmp_path / "data"
+    if source == "multiwoz_slot":
+        demo = REPO / "data" / "demo"
+        argv = ["--task", "multiwoz", "--data_file", str(demo / "multiwoz_demo.json"), "--val_list",
+                str(demo / "multiwoz_demo_valListFile"), "--test_list", str(demo / "multiwoz_demo_testListFile"),
+                "--max_length", "0", "--output_dir", str(data)]  # fmt: skip
+        limit = 90
+    else:
+        argv = ["--task", "squad_v2", "--train_file", str(write_squad(tmp_path / "s.json", 6, 6)), "--test_articles",
+                "3:6", "--prompt", "multi_turn", "--output_dir", str(data)]  # fmt: skip
+        limit = None
+    assert create_dataset.main(argv) == 0
+    examples = load_examples(str(data), "test", limit)
+    model, tokenizer = load_for_inference(str(tiny_model_dir))
+    outputs = {}
+    for share in (False, True):
+        generator = Generator(model, tokenizer, GenerationOptions(max_new_tokens=10, share_prefix=share))
+        csv = tmp_path / f"share_{share}" / "results.csv"
+        generation.run_generation(generator, examples, csv, batch_size=32, progress=False)
+        outputs[share] = read_results(csv).set_index("id").sort_index()[["raw_output", "completion_tokens"]]
+    assert len(outputs[True]) == len(examples)
+    pd.testing.assert_frame_equal(outputs[True], outputs[False])
+
+
+def test_the_shared_prefix_runs_once_per_group(tiny_model_dir):
+    """Three prompts of one group and one of another: the model sees the two distinct prefixes once, then each row's
+    own tokens; the cache handed to generate has a row per prompt."""
+    from llama_squad.models import load_for_inference
+
+    model, tokenizer = load_for_inference(str(tiny_model_dir))
+    generator = Generator(model, tokenizer, GenerationOptions(max_new_tokens=3))
+    shared = list(range(100, 140))
+    prompts = [shared + [7], shared + [8, 9], shared + [10], [200, 201, 202, 203]]
+    prefixes = [tuple(shared)] * 3 + [(200, 201, 202)]
+    seen = []
+    handle = model.register_forward_pre_hook(
+        lambda m, args, kwargs: seen.append(kwargs["input_ids"].shape), with_kwargs=True
+    )
+    try:
+        input_ids, attention_mask, cache = generator.shared_prefix_cache(prompts, prefixes)
+    finally:
+        handle.remove()
+    assert seen == [(2, 40)]  # the two distinct prefixes, left-padded to the longer one
+    assert cache.get_seq_length() == 40 and input_ids.shape == (4, 42) and attention_mask.shape == (4, 42)
+    assert input_ids[1].tolist() == shared + [8, 9]
+    assert attention_mask[0].tolist() == [1] * 40 + [0, 1] and attention_mask[3].tolist() == [0] * 37 + [1] * 3 + [
+        0,
+        1,
+    ]
+    assert input_ids[3, 37:40].tolist() == [200, 201, 202] and input_ids[3, -1].item() == 203
