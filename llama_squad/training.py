@@ -66,16 +66,9 @@ def validate(model_args: ModelArguments, script_args: ScriptArguments, config: T
         )
     if model_args.fp16_overflow_guard and not config.fp16:
         problems.append("--fp16_overflow_guard is for float16 training: add --fp16, or drop the guard")
-    wanted = config.resume_from_checkpoint
-    if wanted is not None and str(wanted).lower() not in ("no", "none", "false", "latest", "true", "yes"):
-        from llama_squad.checkpoints import checkpoint_problem
-
-        problem = checkpoint_problem(wanted, config.save_only_model)
-        if problem:
-            problems.append(
-                f"--resume_from_checkpoint {wanted}: cannot resume from it ({problem}); pick another checkpoint, or "
-                "leave the option out to take the newest complete one"
-            )
+    problem = named_checkpoint_problem(config)
+    if problem:
+        problems.append(problem)
     optim = getattr(config.optim, "value", config.optim)  # an OptimizerNames once parsed
     if fsdp_enabled(config) and "8bit" in str(optim):
         problems.append(
@@ -137,22 +130,39 @@ def save_run_config(resolved: dict, output_dir: str) -> Path:
     return path
 
 
+NO_RESUME = ("no", "none", "false")
+LATEST = ("latest", "true", "yes")
+
+
+def named_checkpoint_problem(config: TrainConfig) -> str | None:
+    """Why the checkpoint --resume_from_checkpoint names cannot be resumed from (None: it can, or none is named)."""
+    from llama_squad.checkpoints import checkpoint_problem
+
+    wanted = config.resume_from_checkpoint
+    if wanted is None or str(wanted).lower() in NO_RESUME + LATEST:
+        return None
+    problem = checkpoint_problem(wanted, config.save_only_model)
+    if problem is None:
+        return None
+    return (
+        f"--resume_from_checkpoint {wanted}: cannot resume from it ({problem}); pick another checkpoint, or leave the "
+        "option out to take the newest complete one"
+    )
+
+
 def find_checkpoint(config: TrainConfig) -> str | None:
     """The checkpoint to resume from: the one given (which must be complete), else the newest complete one in
     output_dir (torn ones are skipped, logged and moved aside); None for a fresh start. In a distributed run only
     the main process calls it (train.py hands its choice to the others)."""
-    from llama_squad.checkpoints import checkpoint_problem, latest_complete_checkpoint
+    from llama_squad.checkpoints import latest_complete_checkpoint
 
     wanted = config.resume_from_checkpoint
-    if wanted is not None and str(wanted).lower() in ("no", "none", "false"):
+    if wanted is not None and str(wanted).lower() in NO_RESUME:
         return None
-    if wanted is not None and str(wanted).lower() not in ("latest", "true", "yes"):
-        problem = checkpoint_problem(wanted, config.save_only_model)
+    if wanted is not None and str(wanted).lower() not in LATEST:
+        problem = named_checkpoint_problem(config)
         if problem:
-            raise InputError(
-                f"--resume_from_checkpoint {wanted}: cannot resume from it ({problem}); "
-                "pick another checkpoint, or leave the option out to take the newest complete one"
-            )
+            raise InputError(problem)
         return str(wanted)
     found = latest_complete_checkpoint(config.output_dir, config.save_only_model)
     return str(found) if found else None
