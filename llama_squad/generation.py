@@ -31,6 +31,12 @@ class GenerationOptions:
     force_answer: bool = False
     share_prefix: bool = True  # compute the prompt prefix a group of questions shares once (greedy / sampling)
 
+    @property
+    def shares_prefixes(self) -> bool:
+        """Whether questions that share a prompt prefix are batched together and the prefix computed once (greedy
+        and sampling; beam search runs every prompt whole)."""
+        return self.share_prefix and self.num_beams == 1
+
     def problems(self) -> list[str]:
         """What is wrong with these options, one line per option (empty when they are fine)."""
         problems = []
@@ -131,8 +137,7 @@ class Generator:
         handed to every row that starts with it (``shared_prefix_cache``); without them every row is run whole.
         """
         prefixes = None
-        sharing = self.options.share_prefix and self.options.num_beams == 1
-        if prefix_lengths is not None and sharing and min(prefix_lengths) > 0:
+        if prefix_lengths is not None and self.options.shares_prefixes and min(prefix_lengths) > 0:
             prefixes = [tuple(p[:n]) for p, n in zip(prompts, prefix_lengths, strict=True)]
             if any(len(prefix) >= len(p) for prefix, p in zip(prefixes, prompts, strict=True)):
                 prefixes = None  # every row must keep one token of its own to feed
@@ -312,7 +317,7 @@ def run_generation(
         conversation.next_prompt = generator.prompt_ids(conversation.messages, last_turn=conversation.turns_left == 1)
         conversations[ex["id"]] = conversation
     lengths = [len(conversations[ex["id"]].next_prompt[0]) for ex in todo]
-    if generator.options.share_prefix and generator.options.num_beams == 1:
+    if generator.options.shares_prefixes:
         groups = prefix_groups([conversations[ex["id"]].next_prompt[0] for ex in todo], batch_size)
         batches = []
         for batch in batches_of_groups(groups, lengths, batch_size):
