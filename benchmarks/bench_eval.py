@@ -11,11 +11,18 @@ questions in one run (goal on a GPU: >= 20x with SmolLM2-135M-Instruct on the 3,
         --json_out bench_eval.json
 
 MultiWOZ (--task multiwoz): prefix sharing against the unshared path, on the same first --turns user turns of the
-MultiWOZ 2.1 test split (30 questions a turn at slot level, 5 at domain level; dialogue first, question last), same
-model, batch size and options, greedy; --json_out gets {"speedup", "identical_outputs", "turns", "questions", ...}:
+MultiWOZ 2.1 test split (30 questions a turn at slot level, 5 at domain level; the answer format and the dialogue
+first, the question last), same model, batch size and options, greedy; --json_out gets {"speedup",
+"identical_outputs", "turns", "questions", ...}:
 
     python benchmarks/bench_eval.py --task multiwoz --model embedded --turns 20 --batch_size 30 --max_new_tokens 12
     python benchmarks/bench_eval.py --task multiwoz --granularity domain --model embedded --turns 20 --batch_size 32
+
+Multi-turn SQuAD prompts (--prompt multi_turn: is there an answer? the span? as JSON?) the same way, on the first
+--limit test questions in order: shared, each turn starts from the cache of the previous one (and a paragraph's
+questions share its context); unshared, each turn reads the whole conversation again:
+
+    python benchmarks/bench_eval.py --prompt multi_turn --model embedded --limit 64 --batch_size 16
 
 Unshared: every question's whole prompt goes through the model (test.py with --share_prefix false). Shared (test.py's
 default): the questions of one turn are batched together, their common prefix (system prompt and dialogue) runs
@@ -65,17 +72,21 @@ GOAL = 20.0
 # ---------------------------------------------------------------------------------------------------- setup
 
 
-def load_questions(limit: int | None, seed: int) -> tuple[list[dict], int]:
-    """(the first ``limit`` dev-split test questions after a seeded shuffle, how many the split holds)."""
+def load_questions(limit: int | None, seed: int | None, prompt: str = "single_turn") -> tuple[list[dict], int]:
+    """(the first ``limit`` dev-split test questions after a seeded shuffle, or in the split's order when ``seed`` is
+    None; how many the split holds)."""
     from datasets.utils.logging import disable_progress_bar
 
     from llama_squad.tasks.squad_v2 import Arguments, build_dataset
 
     disable_progress_bar()
-    options = Arguments(task="squad_v2", output_dir="", train_file=str(DEV), test_articles=TEST_ARTICLES)
+    options = Arguments(
+        task="squad_v2", output_dir="", train_file=str(DEV), test_articles=TEST_ARTICLES, prompt=prompt
+    )
     dataset = build_dataset(options)
     questions = [dict(row) for row in dataset["test"]]
-    random.Random(seed).shuffle(questions)
+    if seed is not None:
+        random.Random(seed).shuffle(questions)
     return questions[:limit], len(questions)
 
 
@@ -219,7 +230,8 @@ def load_turns(granularity: str, turns: int) -> list[dict]:
     return [dict(row) for row in test.select(range(min(len(test), turns * per_turn)))]
 
 
-def multiwoz_main(args) -> int:
+def sharing_main(args) -> int:
+    """Prefix sharing against the unshared path on the same questions: MultiWOZ turns, or multi-turn SQuAD prompts."""
     import logging
 
     import torch
@@ -228,16 +240,25 @@ def multiwoz_main(args) -> int:
     from llama_squad.cli import setup_logging
     from llama_squad.generation import GenerationOptions, Generator
 
-    if not (MULTIWOZ / "test.json.zip").exists():
-        print(f"{MULTIWOZ} not found: this benchmark needs ../shared/data beside the checkout", file=sys.stderr)
+    needed = MULTIWOZ / "test.json.zip" if args.task == "multiwoz" else DEV
+    if not needed.exists():
+        print(f"{needed} not found: this benchmark needs ../shared/data beside the checkout", file=sys.stderr)
         return 1
     setup_logging(logging.WARNING)
     cuda = torch.cuda.is_available()
-    batch_size = args.batch_size or (QUESTIONS_PER_TURN[args.granularity] * (4 if cuda else 1))
-    max_new_tokens = args.max_new_tokens or 24
     load_before = os.getloadavg()[0]
-    questions = load_turns(args.granularity, args.turns)
-    turns = len({(q["dialogue_id"], q["turn"]) for q in questions})
+    if args.task == "multiwoz":
+        batch_size = args.batch_size or (QUESTIONS_PER_TURN[args.granularity] * (4 if cuda else 1))
+        max_new_tokens = args.max_new_tokens or 24
+        questions = load_turns(args.granularity, args.turns)
+        turns = len({(q["dialogue_id"], q["turn"]) for q in questions})
+        what = f"{len(questions):,} ({args.granularity} level) of the first {turns} test turns of MultiWOZ 2.1"
+    else:  # the first questions of the dev-split test articles, in order (a paragraph's questions together)
+        batch_size = args.batch_size or (64 if cuda else 16)
+        max_new_tokens = args.max_new_tokens or 24
+        questions, total = load_questions(args.limit or 64, None, args.prompt)
+        turns = None
+        what = f"the first {len(questions):,} of the {total:,} dev-split test questions, {args.prompt} prompts"
     model, tokenizer = load_model(args.model)
     runs = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -253,10 +274,10 @@ def multiwoz_main(args) -> int:
     unshared, shared = runs["unshared"], runs["shared"]
     same = sum(shared["outputs"][qid] == text for qid, text in unshared["outputs"].items())
     speedup = shared["questions_per_s"] / unshared["questions_per_s"]
-    per_turn_s = shared["seconds"] / turns
     figures = {
-        "task": "multiwoz",
-        "granularity": args.granularity,
+        "task": args.task,
+        "granularity": args.granularity if args.task == "multiwoz" else None,
+        "prompt": args.prompt if args.task == "squad_v2" else None,
         "device": device_name(),
         "torch": torch.__version__,
         "transformers": transformers.__version__,
@@ -269,26 +290,29 @@ def multiwoz_main(args) -> int:
         "speedup": speedup,
         "identical_outputs": same == len(unshared["outputs"]),
         "identical_count": same,
-        "seconds_per_turn_shared": per_turn_s,
-        "seconds_per_turn_unshared": unshared["seconds"] / turns,
-        "projected_test_split_hours_shared": per_turn_s * TEST_TURNS_21 / 3600,
-        "projected_test_split_hours_unshared": unshared["seconds"] / turns * TEST_TURNS_21 / 3600,
         "load_average_1min": [load_before, load_after],
         **{name: {k: v for k, v in run.items() if k != "outputs"} for name, run in runs.items()},
     }
+    if turns:
+        figures["seconds_per_turn_shared"] = shared["seconds"] / turns
+        figures["seconds_per_turn_unshared"] = unshared["seconds"] / turns
+        figures["projected_test_split_hours_shared"] = shared["seconds"] / turns * TEST_TURNS_21 / 3600
+        figures["projected_test_split_hours_unshared"] = unshared["seconds"] / turns * TEST_TURNS_21 / 3600
     print(f"device: {figures['device']} | torch {torch.__version__}, transformers {transformers.__version__}")
     print(f"1-min load average: {load_before:.1f} at the start, {load_after:.1f} at the end ({os.cpu_count()} cores)")
     print(f"model: {args.model} ({figures['dtype']}), greedy, max_new_tokens {max_new_tokens}, batch {batch_size}")
-    print(f"questions: {len(questions):,} ({args.granularity} level) of the first {turns} test turns of MultiWOZ 2.1")
+    print(f"questions: {what}")
     memory = "peak MiB" if cuda else "peak RSS MiB"
     print(f"  {'':<16} {'questions':>9} {'batch':>5} {'seconds':>9} {'questions/s':>11} {'gen tokens':>10} "
           f"{'tokens/s':>9} {'mean prompt':>11} {memory:>9}")  # fmt: skip
     print(row("unshared", unshared))
     print(row("shared prefix", shared))
     print(f"  speed-up: {speedup:.2f}x questions/s; identical greedy answers: {same}/{len(unshared['outputs'])} rows")
-    print(f"  per turn: {figures['seconds_per_turn_unshared']:.2f} s unshared, {per_turn_s:.2f} s shared; the "
-          f"{TEST_TURNS_21:,} test turns: {figures['projected_test_split_hours_unshared']:.1f} h unshared, "
-          f"{figures['projected_test_split_hours_shared']:.1f} h shared on this machine")  # fmt: skip
+    if turns:
+        print(f"  per turn: {figures['seconds_per_turn_unshared']:.2f} s unshared, "
+              f"{figures['seconds_per_turn_shared']:.2f} s shared; the {TEST_TURNS_21:,} test turns: "
+              f"{figures['projected_test_split_hours_unshared']:.1f} h unshared, "
+              f"{figures['projected_test_split_hours_shared']:.1f} h shared on this machine")  # fmt: skip
     if args.json_out:
         Path(args.json_out).write_text(json.dumps(figures, indent=2) + "\n", encoding="utf-8")
         print(f"wrote {args.json_out}")
@@ -314,9 +338,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--task", choices=["squad_v2", "multiwoz"], default="squad_v2", help="See the docstring.")
     parser.add_argument("--granularity", choices=list(QUESTIONS_PER_TURN), default="slot", help="MultiWOZ questions.")
     parser.add_argument("--turns", type=int, default=10, help="MultiWOZ: the first N user turns of the test split.")
+    parser.add_argument(
+        "--prompt",
+        choices=["single_turn", "multi_turn"],
+        default="single_turn",
+        help="SQuAD prompts; multi_turn compares prefix sharing (each turn from the previous turn's cache) instead.",
+    )
     args = parser.parse_args(argv)
-    if args.task == "multiwoz":
-        return multiwoz_main(args)
+    if args.task == "multiwoz" or args.prompt == "multi_turn":
+        return sharing_main(args)
     if not DEV.exists():
         print(f"{DEV} not found: this benchmark needs ../shared/data beside the checkout", file=sys.stderr)
         return 1

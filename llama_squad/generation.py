@@ -111,6 +111,41 @@ def left_pad(sequences: list[list[int]], pad_id: int) -> tuple[torch.Tensor, tor
     return ids, mask
 
 
+@dataclass
+class TurnCache:
+    """What one turn of a batch of conversations left in the model's cache, for the next turn to start from.
+
+    ``ids``/``mask``: the columns the cache covers (left-padded prompts, then generated tokens); ``tokens[i]``: the
+    tokens of row ``i`` that the cache holds, in order (its unmasked columns, up to where the row stopped).
+    """
+
+    cache: object
+    ids: torch.Tensor
+    mask: torch.Tensor
+    tokens: list[list[int]]
+    device: torch.device | str = "cpu"  # the cache's
+
+    def select(self, rows: list[int]) -> "TurnCache":
+        """The cache of these rows only (conversations that have turns left), in this order."""
+        index = torch.tensor(rows, dtype=torch.long)
+        self.cache.batch_select_indices(index.to(self.device))
+        return TurnCache(self.cache, self.ids[index], self.mask[index], [self.tokens[r] for r in rows], self.device)
+
+    def extend(self, prompts: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(input_ids, attention_mask) of ``generate`` for the next prompts of the same rows: each row keeps the
+        columns of its longest cached prefix of its new prompt (the rest is masked: a turn's text can tokenize
+        differently once the chat template renders it) and feeds the remaining tokens, left-padded after them."""
+        mask = self.mask.clone()
+        own = []
+        for row, (tokens, prompt) in enumerate(zip(self.tokens, prompts, strict=True)):
+            keep = min(common_prefix_length(tokens, prompt), len(prompt) - 1)
+            columns = mask[row].nonzero().flatten()
+            mask[row, columns[keep:]] = 0
+            own.append(prompt[keep:])
+        own_ids, own_mask = left_pad(own, pad_id)
+        return torch.cat([self.ids, own_ids], dim=1), torch.cat([mask, own_mask], dim=1)
+
+
 class Generator:
     """Answers chat prompts in batches with a model and its tokenizer."""
 
@@ -129,28 +164,46 @@ class Generator:
         return tokenize_prompt(self.tokenizer, messages, assistant_prefix=prefix), prefix or ""
 
     @torch.inference_mode()
-    def generate(self, prompts: list[list[int]], prefix_lengths: list[int] | None = None) -> list[tuple[str, int]]:
-        """(text, number of generated tokens) for each prompt, stopping at the end-of-turn token.
+    def generate(
+        self,
+        prompts: list[list[int]],
+        prefix_lengths: list[int] | None = None,
+        previous: TurnCache | None = None,
+        keep_cache: bool = False,
+    ) -> tuple[list[tuple[str, int]], TurnCache | None]:
+        """(text, number of generated tokens) for each prompt, stopping at the end-of-turn token; and, with
+        ``keep_cache``, the cache the batch leaves (for the next turn of the same conversations).
 
         ``prefix_lengths[i]``: how many first tokens prompt ``i`` shares with the other prompts of its group (rows with
         the same first tokens). Each distinct prefix then goes through the model once, and its keys and values are
         handed to every row that starts with it (``shared_prefix_cache``); without them every row is run whole.
+        ``previous``: the cache of the previous turn of these rows, whose prompts extend it: only the new tokens run.
         """
+        kwargs = self.options.generate_kwargs(self.stop_ids, self.pad_id)
         prefixes = None
-        if prefix_lengths is not None and self.options.shares_prefixes and min(prefix_lengths) > 0:
+        if previous is None and prefix_lengths is not None and self.options.shares_prefixes and min(prefix_lengths):
             prefixes = [tuple(p[:n]) for p, n in zip(prompts, prefix_lengths, strict=True)]
             if any(len(prefix) >= len(p) for prefix, p in zip(prefixes, prompts, strict=True)):
                 prefixes = None  # every row must keep one token of its own to feed
-        kwargs = self.options.generate_kwargs(self.stop_ids, self.pad_id)
-        if prefixes is None or len(set(prefixes)) == len(prefixes):  # nothing shared: one pass, as is
+        if previous is not None:
+            input_ids, attention_mask = previous.extend(prompts, self.pad_id)
+            kwargs[cache_kwarg(self.model)] = previous.cache
+        elif prefixes is None or len(set(prefixes)) == len(prefixes):  # nothing shared: one pass, as is
             input_ids, attention_mask = left_pad(prompts, self.pad_id)
         else:
             input_ids, attention_mask, cache = self.shared_prefix_cache(prompts, prefixes)
             kwargs[cache_kwarg(self.model)] = cache
         device = self.model.device
-        out = self.model.generate(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device), **kwargs)
+        out = self.model.generate(
+            input_ids=input_ids.to(device),
+            attention_mask=attention_mask.to(device),
+            return_dict_in_generate=keep_cache,
+            **kwargs,
+        )
+        sequences = out.sequences if keep_cache else out
+        width = input_ids.shape[1]
         results = []
-        for row in out[:, input_ids.shape[1] :].tolist():
+        for row in sequences[:, width:].tolist():
             n = len(row)
             for i, token in enumerate(row):
                 if token in self.stop_ids:
@@ -158,7 +211,22 @@ class Generator:
                     break
             text = self.tokenizer.decode(row[:n], skip_special_tokens=True)
             results.append((text, n))
-        return results
+        if not keep_cache:
+            return results, None
+        return results, self.turn_cache(out, attention_mask, [n for _, n in results])
+
+    def turn_cache(self, out, attention_mask: torch.Tensor, generated: list[int]) -> TurnCache:
+        """The cache ``generate`` returned, with the columns it covers and each row's tokens in it."""
+        cache = out.cache if getattr(out, "cache", None) is not None else out.past_key_values
+        covered = cache.get_seq_length()  # the last token generated was never fed: one column fewer
+        ids = out.sequences[:, :covered].cpu()
+        width = attention_mask.shape[1]
+        mask = torch.zeros_like(ids)
+        mask[:, :width] = attention_mask
+        for row, n in enumerate(generated):
+            mask[row, width : width + n] = 1  # generated up to its stop token; the columns after it are padding
+        tokens = [ids[row][mask[row].bool()].tolist() for row in range(len(ids))]
+        return TurnCache(cache, ids, mask, tokens, self.model.device)
 
     def shared_prefix_cache(self, prompts: list[list[int]], prefixes: list[tuple[int, ...]]):
         """The inputs of ``generate`` for prompts that start with ``prefixes`` (a few distinct ones), and the cache of
@@ -191,15 +259,21 @@ class Generator:
         return input_ids, attention_mask, cache
 
     def answer(self, conversations: list[Conversation]) -> None:
-        """Run every turn of every conversation (each turn batched across conversations)."""
+        """Run every turn of every conversation (each turn batched across conversations). When prefixes are shared,
+        a turn starts from the cache the previous turn left: the context is read once per conversation, not once per
+        turn."""
         active = [c for c in conversations if c.turns_left > 0]
+        previous = None
         while active:
             batch = []
             for c in active:
                 ids, prefix = c.next_prompt or self.prompt_ids(c.messages, last_turn=c.turns_left == 1)
                 c.next_prompt = None
                 batch.append((c, ids, prefix))
-            outputs = self.generate([ids for _, ids, _ in batch], [c.shared for c, _, _ in batch])
+            keep = self.options.shares_prefixes and any(c.turns_left > 1 for c in active)
+            outputs, cache = self.generate(
+                [ids for _, ids, _ in batch], [c.shared for c, _, _ in batch], previous=previous, keep_cache=keep
+            )
             for (c, ids, prefix), (text, n) in zip(batch, outputs, strict=True):
                 text = prefix + text.rstrip() if prefix else text.strip()
                 c.prompt_tokens = len(ids)
@@ -209,7 +283,9 @@ class Generator:
                 c.messages.append({"role": "assistant", "content": text})
                 if c.turns_left and c.follow_ups:
                     c.messages.append(c.follow_ups.pop(0))
-            active = [c for c in active if c.turns_left > 0]
+            rows = [row for row, c in enumerate(active) if c.turns_left > 0]
+            active = [active[row] for row in rows]
+            previous = cache.select(rows) if cache is not None and rows else None
 
 
 def batches_by_length(examples: list[dict], lengths: list[int], batch_size: int) -> Iterator[list[dict]]:

@@ -232,3 +232,39 @@ def test_the_shared_prefix_runs_once_per_group(tiny_model_dir):
         1,
     ]
     assert input_ids[3, 37:40].tolist() == [200, 201, 202] and input_ids[3, -1].item() == 203
+
+
+def test_each_turn_starts_from_the_cache_of_the_previous_turn(tiny, tmp_path):
+    """Multi-turn prompts: turns after the first feed only their new tokens (the assistant's reply and the next
+    instruction), not the context again; the answers stay those of the unshared path (compared above)."""
+    from conftest import write_squad
+
+    import create_dataset
+
+    out = tmp_path / "mt"
+    argv = ["--task", "squad_v2", "--train_file", str(write_squad(tmp_path / "s.json")), "--test_articles", "5:6",
+            "--prompt", "multi_turn", "--output_dir", str(out)]  # fmt: skip
+    assert create_dataset.main(argv) == 0
+    model, tokenizer = tiny
+    examples = load_examples(str(out), "test", 3)
+    fed = {}
+    for share in (False, True):
+        generator = Generator(model, tokenizer, GenerationOptions(max_new_tokens=4, share_prefix=share))
+        conversations = [start_conversation(ex) for ex in examples]
+        widths = []
+        hook = model.register_forward_pre_hook(
+            lambda m, args, kwargs: widths.append(kwargs["input_ids"].shape[1]), with_kwargs=True
+        )
+        try:
+            generator.answer(conversations)
+        finally:
+            hook.remove()
+        fed[share] = [w for w in widths if w > 1]  # the prefill of each turn (decoding steps feed one token)
+        n = len(examples[0]["prompt"])  # the system and user messages, then a reply and the next instruction
+        first = [generator.prompt_ids(c.messages[:n], last_turn=False)[0] for c in conversations]
+        second = [generator.prompt_ids(c.messages[: n + 2], last_turn=False)[0] for c in conversations]
+    assert len(fed[False]) == len(fed[True]) == 3  # one prefill per turn
+    assert fed[False][1] == max(len(p) for p in second)  # unshared: the whole second prompt again
+    assert all(p[: len(f)] == f for f, p in zip(first, second, strict=True))  # the second prompt extends the first
+    new_tokens = max(len(p) - len(f) for f, p in zip(first, second, strict=True))
+    assert fed[True][1] <= new_tokens < fed[False][1] / 3  # shared: the reply and the follow-up instruction only

@@ -15,6 +15,7 @@ from llama_squad.io import InputError
 from llama_squad.tasks import get_task, multiwoz
 from llama_squad.tasks.multiwoz import (
     ANSWER_INSTRUCTION,
+    DOMAIN_INSTRUCTION,
     TRUNCATION_MARKER,
     Arguments,
     Dialogue,
@@ -109,7 +110,7 @@ def test_hand_checked_dialogue_at_turn_2(test21):
         {"role": "system", "content": "Be precise."},
         {
             "role": "user",
-            "content": "Dialogue:\n"
+            "content": ANSWER_INSTRUCTION + "\n\nDialogue:\n"
             "User: I 'm looking for a restaurant in the centre of town\n"
             "System: There are over 60 restaurants near the center of town , do you have a cuisine or price range "
             "in mind ?\n"
@@ -118,14 +119,15 @@ def test_hand_checked_dialogue_at_turn_2(test21):
             "cuisines .\n"
             "User: Okay what about Italian food then ?\n"
             "\nQuestion: What value does the user want for restaurant-food (the cuisine of the restaurant you are "
-            "looking for)?\n\n" + ANSWER_INSTRUCTION,
+            "looking for)?",
         },
     ]
     hotel = next(row for row in turn2 if row["slot"] == "hotel-name")
     assert hotel["answers"] == [] and hotel["completion"][0]["content"] == '{"answer": "?"}'
     assert ANSWER_INSTRUCTION == (
-        'Reply with JSON only, in the form {"answer": "..."}. Reply {"answer": "dontcare"} if the user has no '
-        'preference, and {"answer": "?"} if the dialogue has not set this value.'
+        'Answer the question that follows the dialogue. Reply with JSON only, in the form {"answer": "..."}. Reply '
+        '{"answer": "dontcare"} if the user has no preference, and {"answer": "?"} if the dialogue has not set this '
+        "value."
     )
 
 
@@ -259,9 +261,10 @@ def test_domain_granularity_asks_each_domain_once_and_scores_each_slot():
         "area": "north", "bookday": "friday", "bookpeople": "2", "bookstay": "3", "internet": "yes",
         "name": "acorn guest house", "parking": "?", "pricerange": "cheap", "stars": "?", "type": "guesthouse",
     }  # fmt: skip
+    assert row["prompt"][-1]["content"].startswith(DOMAIN_INSTRUCTION + "\n\nDialogue:\n")
     assert row["prompt"][-1]["content"].endswith(
-        'For example: {"area": "...", "bookday": "...", "bookpeople": "...", "bookstay": "...", "internet": "...", '
-        '"name": "...", "parking": "...", "pricerange": "...", "stars": "...", "type": "..."}'
+        'Reply in the form {"area": "...", "bookday": "...", "bookpeople": "...", "bookstay": "...", '
+        '"internet": "...", "name": "...", "parking": "...", "pricerange": "...", "stars": "...", "type": "..."}'
     )
     rows = score_output('{"area": "north", "name": "acorn", "stars": 4}', row)
     assert [r["id"] for r in rows] == [f"PMUL9001/1/hotel/{s}" for s in row["slots"]]
@@ -327,7 +330,7 @@ def test_history_is_cut_from_the_left_never_the_current_turn():
         content = dataset[0]["prompt"][0]["content"]
         kept = "".join(f"{s}: {t}\n" for s, t in utterances[first_kept:])
         expected = (TRUNCATION_MARKER if first_kept else "") + kept
-        assert content.startswith(f"Dialogue:\n{expected}\nQuestion:"), budget
+        assert f"\n\nDialogue:\n{expected}\nQuestion:" in content, budget
         length = counter.chat(dataset[0]["prompt"] + dataset[0]["completion"])
         assert length == fixed + sum(words[first_kept:]) + (4 if first_kept else 0)
         assert (stats.truncated, stats.too_long) == (int(first_kept > 0), int(budget < 6)), budget
@@ -345,7 +348,7 @@ def test_truncated_examples_fit_max_length_with_a_real_tokenizer(test21):
     overflowing = 0
     for row in dataset:
         length = len(tokenizer.apply_chat_template(row["prompt"] + row["completion"])["input_ids"])
-        history = row["prompt"][-1]["content"].removeprefix("Dialogue:\n").split("\nQuestion:")[0]
+        history = row["prompt"][-1]["content"].split("\n\nDialogue:\n", 1)[1].split("\nQuestion:")[0]
         end = positions[row["dialogue_id"]][row["turn"]] + 1
         full = "".join(lines[row["dialogue_id"]][:end])
         if history.startswith(TRUNCATION_MARKER):

@@ -105,13 +105,18 @@ TRUNCATION_MARKER = "(earlier turns left out)\n"
 EXACT_CHECK_MARGIN = 16
 # Rows gathered as Python objects before they are converted to Arrow: bounds the memory of a 221k-row split.
 CHUNK_ROWS = 20_000
+# The answer format comes first in the user message, the same for every question of a granularity, so that the
+# questions of one user turn share everything but their last line (the question): test.py computes that shared prefix
+# once per turn (prefix sharing) and each question adds a few tokens of its own.
 ANSWER_INSTRUCTION = (
-    f'Reply with JSON only, in the form {{"answer": "..."}}. Reply {format_json_answer(DONTCARE)} if the user has '
-    f"no preference, and {format_json_answer(NO_ANSWER)} if the dialogue has not set this value."
+    'Answer the question that follows the dialogue. Reply with JSON only, in the form {"answer": "..."}. Reply '
+    f"{format_json_answer(DONTCARE)} if the user has no preference, and {format_json_answer(NO_ANSWER)} if the "
+    "dialogue has not set this value."
 )
 DOMAIN_INSTRUCTION = (
-    'Reply with JSON only: one object with exactly these keys, in this order. Give "dontcare" for a slot the user '
-    f'has no preference about, and "{NO_ANSWER}" for a slot the dialogue has not set.'
+    "Answer the question that follows the dialogue. Reply with JSON only: one object with exactly the keys the "
+    'question lists, in that order. Give "dontcare" for a slot the user has no preference about, and '
+    f'"{NO_ANSWER}" for a slot the dialogue has not set.'
 )
 
 
@@ -596,7 +601,8 @@ class Question:
     domain: str
     slots: tuple[Slot, ...]
     text: str  # the question, as in the ``question`` column
-    block: str  # what follows the dialogue in the user message: the question and the answer format
+    lead: str  # what comes before the dialogue in the user message: the answer format (the same for every question)
+    block: str  # what follows the dialogue: the question (and, for a domain, an example of the reply)
 
 
 def slot_question(slot: Slot, list_values: bool) -> str:
@@ -626,17 +632,16 @@ def make_questions(slots: list[Slot], granularity: str, list_values: bool) -> li
     else:
         raise ValueError(f"--granularity {granularity!r}: choose one of {', '.join(GRANULARITIES)}")
     return [
-        Question(name, group[0].domain, group, text, f"\nQuestion: {text}\n\n{instruction(name, group)}")
-        for name, group, text in groups
+        Question(name, group[0].domain, group, text, *instruction(name, group, text)) for name, group, text in groups
     ]
 
 
-def instruction(name: str, slots: tuple[Slot, ...]) -> str:
-    """The answer-format instruction that follows the question ``name`` about ``slots``."""
+def instruction(name: str, slots: tuple[Slot, ...], text: str) -> tuple[str, str]:
+    """(what precedes the dialogue, what follows it) in the user message of the question ``name`` about ``slots``."""
     if len(slots) == 1 and name == slots[0].name:
-        return ANSWER_INSTRUCTION
+        return ANSWER_INSTRUCTION, f"\nQuestion: {text}"
     example = json.dumps({s.key: "..." for s in slots}, ensure_ascii=False)
-    return f"{DOMAIN_INSTRUCTION} For example: {example}"
+    return DOMAIN_INSTRUCTION, f"\nQuestion: {text}\nReply in the form {example}"
 
 
 def history_lines(dialogue: Dialogue) -> list[str]:
@@ -648,7 +653,7 @@ def build_messages(history: str, question: Question, target: str, system_prompt:
     """(prompt, completion) messages of one question about ``history`` (lines from :func:`history_lines`, maybe
     prefixed by :data:`TRUNCATION_MARKER`); used for training and evaluation alike."""
     system = [{"role": "system", "content": system_prompt}] if system_prompt else []
-    user = {"role": "user", "content": f"Dialogue:\n{history}{question.block}"}
+    user = {"role": "user", "content": f"{question.lead}\n\nDialogue:\n{history}{question.block}"}
     return system + [user], [{"role": "assistant", "content": target}]
 
 
