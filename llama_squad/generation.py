@@ -123,6 +123,7 @@ class Generator:
             stop.append(tokenizer.eos_token_id)
         self.stop_ids = stop
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stop[0]
+        self.streamer = None  # a transformers streamer (TextIteratorStreamer) fed by every generate call, if set
 
     def prompt_ids(self, messages: list[dict], last_turn: bool) -> tuple[list[int], str]:
         prefix = ANSWER_PREFIX if self.options.force_answer and last_turn else None
@@ -142,6 +143,8 @@ class Generator:
             if any(len(prefix) >= len(p) for prefix, p in zip(prefixes, prompts, strict=True)):
                 prefixes = None  # every row must keep one token of its own to feed
         kwargs = self.options.generate_kwargs(self.stop_ids, self.pad_id)
+        if self.streamer is not None:
+            kwargs["streamer"] = self.streamer
         if prefixes is None or len(set(prefixes)) == len(prefixes):  # nothing shared: one pass, as is
             input_ids, attention_mask = left_pad(prompts, self.pad_id)
         else:
