@@ -19,9 +19,10 @@ On several GPUs or machines, the same command under accelerate (DDP, FSDP, DeepS
 Re-running the same command resumes from the newest complete checkpoint in output_dir (a checkpoint torn by a
 crash is skipped and moved aside); a second run on the same output_dir stops at once. The adapter, tokenizer and chat
 template land in output_dir, with run_config.yaml, loss.png and (with --merge) output_dir/merged;
---hub_repo_id USER/NAME pushes the merged model and its model card. In a distributed run the main process alone
-writes, merges and pushes, the first one of each machine converts the embedded model and tokenizes before the others
-reuse its work, and all but the first one of each machine log warnings only.
+--hub_repo_id USER/NAME pushes the merged model and its model card, --push_adapter USER/NAME the adapter alone
+(python -m llama_squad.export does both later, with the scores of test.py in the cards). In a distributed run the
+main process alone writes, merges and pushes, the first one of each machine converts the embedded model and
+tokenizes before the others reuse its work, and all but the first one of each machine log warnings only.
 """
 
 import contextlib
@@ -64,6 +65,10 @@ def train(model_args: ModelArguments, script_args: ScriptArguments, config: Trai
     if script_args.hub_repo_id:
         script_args.merge = True
         distributed.run_on_main(config, lambda: export.check_hub_access(script_args.hub_repo_id))
+    if script_args.push_adapter:  # the adapter alone
+        distributed.run_on_main(
+            config, lambda: export.check_hub_access(script_args.push_adapter, option="--push_adapter")
+        )
     if config.push_to_hub:  # TRL's own push of the adapter (and checkpoints) to --hub_model_id
         repo = config.hub_model_id or Path(config.output_dir).absolute().name
         distributed.run_on_main(
@@ -133,14 +138,15 @@ def train(model_args: ModelArguments, script_args: ScriptArguments, config: Trai
         ):
             logger.info("wrote %s", Path(config.output_dir) / "loss.png")
 
-        # 7. Merge the adapter into the base model, write the model card, push (main process only: the others
+        # 7. Merge the adapter into the base model, write the model cards, push (main process only: the others
         # have finished).
         card = dict(
             base_model=model_args.model_name_or_path,
             dataset_path=script_args.dataset_path,
-            config=resolved["training"] | {"model": resolved["model"]},
+            config=resolved,
             metrics=export.read_metrics(config.output_dir),
             train_examples=len(train_data),
+            task=export.dataset_task(script_args.dataset_path),
         )
         if script_args.merge and model_args.use_peft:
             merge_dtype = model_args.dtype if script_args.merge_dtype == "auto" else script_args.merge_dtype
@@ -151,11 +157,14 @@ def train(model_args: ModelArguments, script_args: ScriptArguments, config: Trai
                 models.resolve_dtype(merge_dtype),
                 tokenizer,
             )
-            export.write_model_card(merged, **card)
+            export.write_model_card(merged, export.MERGED, repo_id=script_args.hub_repo_id, **card)
             if script_args.hub_repo_id:
                 export.push_folder(merged, script_args.hub_repo_id)
             logger.info("wrote %s (merged model)", merged)
-        export.write_model_card(config.output_dir, **card)
+        kind = export.ADAPTER if model_args.use_peft else export.MERGED
+        export.write_model_card(config.output_dir, kind, repo_id=script_args.push_adapter, **card)
+        if script_args.push_adapter:
+            export.push_adapter(config.output_dir, script_args.push_adapter, model_args.model_name_or_path)
     logger.info("wrote %s (adapter, tokenizer, run_config.yaml, loss.png)", config.output_dir)
 
 

@@ -79,6 +79,14 @@ class ScriptArguments:
         default=None,
         metadata={"help": "Push the merged model (implies --merge) to this Hub repository, e.g. you/llama-squad-8b."},
     )
+    push_adapter: str | None = field(
+        default=None,
+        metadata={
+            "help": "Push the LoRA adapter alone (adapter weights, tokenizer, model card, run_config.yaml; no "
+            "checkpoints) to this Hub repository, e.g. you/llama-squad-smollm2-lora; its adapter_config.json names "
+            "the base model's Hub id."
+        },
+    )
     model_cache_dir: str | None = field(
         default=None,
         metadata={

@@ -1,8 +1,16 @@
-"""After training: merge the adapter into the base model, write a model card, push to the Hub."""
+"""After training: merge the adapter into the base model, write the model cards, push to the Hub.
 
+train.py calls it at the end of a run. After test.py, refresh the cards with its scores and push:
+
+    python -m llama_squad.export output/smollm2 --metrics_file output/smollm2/eval/metrics.json \\
+        --push_adapter you/smollm2-squad-lora
+"""
+
+import argparse
 import json
 import logging
 import os
+import sys
 from pathlib import Path
 
 import yaml
@@ -19,14 +27,14 @@ class HubAccessError(RuntimeError):
 def check_hub_access(repo_id: str, option: str = "--hub_repo_id", token: str | None = None) -> str:
     """Fail fast (before any long work) unless ``repo_id`` can be pushed to; returns the user name.
 
-    ``option`` is the flag that asked for the push: ``--hub_repo_id`` (ours, USER_OR_ORG/NAME) or TRL's
-    ``--push_to_hub`` (whose ``--hub_model_id`` may be a bare NAME, pushed under the token's user).
+    ``option`` is the flag that asked for the push: ``--hub_repo_id`` or ``--push_adapter`` (ours, USER_OR_ORG/NAME)
+    or TRL's ``--push_to_hub`` (whose ``--hub_model_id`` may be a bare NAME, pushed under the token's user).
     """
     from huggingface_hub import get_token, whoami
     from huggingface_hub.constants import HF_HUB_OFFLINE
 
-    if option == "--hub_repo_id" and "/" not in repo_id:
-        raise HubAccessError(f"--hub_repo_id {repo_id!r}: expected USER_OR_ORG/NAME")
+    if option != "--push_to_hub" and "/" not in repo_id:
+        raise HubAccessError(f"{option} {repo_id!r}: expected USER_OR_ORG/NAME")
     if repo_id.count("/") > 1 or not repo_id.strip("/"):
         raise HubAccessError(f"{option}: the Hub repository {repo_id!r} is not USER_OR_ORG/NAME")
     later = "push output_dir later (hf upload)"
@@ -63,50 +71,239 @@ def merge_adapter(
     return Path(output_dir)
 
 
-def model_card(base_model: str, dataset_path: str, config: dict, metrics: dict | None, train_examples: int) -> str:
-    """A Hub model card (README.md): base model, data, the resolved recipe, and scores when there are some."""
-    front = {"base_model": base_model, "library_name": "transformers", "tags": ["llama-squad", "trl", "sft", "lora"]}
+# Hub datasets of the tasks (the model card's ``datasets`` field); a task without one is named in the text only.
+HUB_DATASETS = {"squad_v2": "rajpurkar/squad_v2"}
+# Scores of metrics.json listed in the card's model-index (key → Hub metric type, display name), per task.
+CARD_METRICS = {
+    "squad_v2": {
+        "exact": ("exact_match", "Exact match"),
+        "f1": ("f1", "F1"),
+        "valid_json": ("accuracy", "Valid JSON"),
+    },
+    "multiwoz": {"jga": ("accuracy", "Joint goal accuracy"), "slot_f1": ("f1", "Slot F1")},
+}
+TASK_NAMES = {"squad_v2": "SQuAD v2", "multiwoz": "MultiWOZ"}
+# The options of run_config.yaml that make the recipe in a card (the whole resolved config travels as run_config.yaml).
+RECIPE_KEYS = {
+    "model": ("dtype", "quantization", "use_peft", "lora_r", "lora_alpha", "lora_dropout", "lora_target_modules"),
+    "training": (
+        "num_train_epochs", "max_steps", "per_device_train_batch_size", "gradient_accumulation_steps",
+        "learning_rate", "lr_scheduler_type", "warmup_steps", "warmup_ratio", "weight_decay", "optim", "max_length",
+        "packing", "bf16", "fp16", "gradient_checkpointing", "seed",
+    ),
+}  # fmt: skip
+# What a pushed adapter is made of: PEFT's files, the tokenizer and chat template train.py saves beside them, the card,
+# the resolved recipe and the loss plot (not the checkpoints, the evaluation folder or the merged model).
+ADAPTER_FILES = (
+    "adapter_config.json", "adapter_model.safetensors", "adapter_model.bin", "tokenizer.json", "tokenizer_config.json",
+    "special_tokens_map.json", "chat_template.jinja", "tokenizer.model", "vocab.json", "merges.txt",
+    "added_tokens.json", "README.md", "run_config.yaml", "loss.png",
+)  # fmt: skip
+ADAPTER = "adapter"
+MERGED = "merged"
+
+
+def dataset_task(dataset_path: str | os.PathLike) -> str | None:
+    """The task (``squad_v2``, ``multiwoz``) of a create_dataset.py folder, from its first row; None if unknown."""
+    try:
+        from datasets import load_from_disk
+
+        splits = load_from_disk(str(dataset_path))
+        split = next(s for s in splits.values() if len(s))
+        return split[0]["task"]
+    except (OSError, ValueError, KeyError, StopIteration, FileNotFoundError):
+        return None
+
+
+def recipe(config: dict) -> dict:
+    """The options of a resolved config (run_config.yaml: model / script / training) that a card shows."""
+    out = {}
+    for section, keys in RECIPE_KEYS.items():
+        values = config.get(section) or {}
+        out.update({k: values[k] for k in keys if k in values and values[k] not in (None, 0, 0.0, False, -1)})
+    return out
+
+
+def model_card(
+    kind: str,
+    base_model: str,
+    dataset_path: str,
+    config: dict,
+    metrics: dict | None = None,
+    train_examples: int | None = None,
+    task: str | None = None,
+    repo_id: str | None = None,
+):
+    """The Hub model card (``huggingface_hub.ModelCard``) of the adapter (``kind="adapter"``) or the merged model.
+
+    Metadata: ``base_model`` (the Hub id: the embedded model is named by the model it was made from; a local folder is
+    left out), ``library_name`` (``peft`` for the adapter, ``transformers`` for the merged model), ``datasets``, tags,
+    and a ``model-index`` with the test scores of ``metrics`` (test.py's metrics.json) when given. Text: what the model
+    does, how to load it, the scores, the recipe (``config``: run_config.yaml's mapping).
+    """
+    from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
+    from llama_squad.models import hub_model_id
+
+    if kind not in (ADAPTER, MERGED):
+        raise ValueError(f"kind {kind!r}: expected {ADAPTER!r} or {MERGED!r}")
+    base_id = hub_model_id(base_model)
+    output_dir = (config.get("training") or {}).get("output_dir") or "model"
+    name = repo_id.split("/")[-1] if repo_id else Path(output_dir).name + ("-merged" if kind == MERGED else "")
+    task_name = TASK_NAMES.get(task or "", "")
+    eval_results = []
+    for key, (metric_type, metric_name) in CARD_METRICS.get(task or "", {}).items():
+        value = (metrics or {}).get(key)
+        if isinstance(value, int | float):
+            eval_results.append(
+                EvalResult(
+                    task_type="question-answering" if task == "squad_v2" else "text-generation",
+                    task_name="Extractive QA with abstention" if task == "squad_v2" else "Dialogue state tracking",
+                    dataset_type=HUB_DATASETS.get(task, task),
+                    dataset_name=f"{task_name} (test split of {Path(dataset_path).name})",
+                    dataset_split="test",
+                    metric_type=metric_type,
+                    metric_name=metric_name,
+                    metric_value=round(float(value), 2),
+                )
+            )
+    data = ModelCardData(
+        base_model=base_id,
+        base_model_relation="adapter" if kind == ADAPTER else "finetune",
+        library_name="peft" if kind == ADAPTER else "transformers",
+        pipeline_tag="text-generation",
+        datasets=[HUB_DATASETS[task]] if task in HUB_DATASETS else None,
+        tags=["llama-squad", "trl", "sft", "lora"] + (["peft"] if kind == ADAPTER else []) + ([task] if task else []),
+        model_name=name,
+        eval_results=eval_results or None,
+    )
+    source = f"[`{base_id}`](https://huggingface.co/{base_id})" if base_id else f"`{base_model}` (a local model)"
+    what = "A LoRA adapter for" if kind == ADAPTER else "A fine-tune (LoRA merged into the weights) of"
+    load = repo_id or str(Path(output_dir) / ("merged" if kind == MERGED else ""))
+    if kind == ADAPTER:
+        usage = (
+            "from peft import AutoPeftModelForCausalLM\nfrom transformers import AutoTokenizer\n\n"
+            f'model = AutoPeftModelForCausalLM.from_pretrained("{load}")\n'
+            f'tokenizer = AutoTokenizer.from_pretrained("{load}")'
+        )
+    else:
+        usage = (
+            "from transformers import AutoModelForCausalLM, AutoTokenizer\n\n"
+            f'model = AutoModelForCausalLM.from_pretrained("{load}")\n'
+            f'tokenizer = AutoTokenizer.from_pretrained("{load}")'
+        )
+    data_line = f"`{dataset_path}`" + (f" ({task_name})" if task_name else "")
+    if train_examples is not None:
+        data_line += f", {train_examples} training examples"
     lines = [
-        "---",
-        yaml.safe_dump(front, sort_keys=False).strip(),
-        "---",
+        f"# {name}",
         "",
-        f"# {Path(config.get('output_dir', 'model')).name}",
-        "",
-        f"Fine-tuned from `{base_model}` with llama-squad (TRL SFT, LoRA) to answer from a "
-        'text in JSON, `{"answer": "..."}`, and to answer `"?"` when the text holds no answer. The loss was on '
+        f"{what} {source}, trained with llama-squad (TRL SFT) to answer "
+        'from a text in JSON, `{"answer": "..."}`, and to answer `"?"` when the text holds no answer. The loss was on '
         "the answer tokens and the token that ends the assistant turn only.",
         "",
-        f"Data: `{dataset_path}` ({train_examples} training examples).",
+        f"Data: {data_line}.",
+        "",
+        "## Use",
+        "",
+        "```python",
+        usage,
+        "```",
+        "",
+        "Prompt it as it was trained: the system prompt, then the context and the question, then the answer "
+        "instruction (see `llama_squad/tasks/`); `python -m llama_squad.chat` does this.",
         "",
         "## Results",
         "",
     ]
     if metrics:
-        lines += ["| metric | value |", "|---|---|"]
+        lines += ["Test split, scored by llama-squad's `test.py`:", "", "| metric | value |", "|---|---|"]
         lines += [f"| {k} | {v:.2f} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in metrics.items()]
     else:
-        lines.append("Not evaluated yet: run test.py on the test split, then summarize_results.py.")
-    lines += ["", "## Recipe", "", "```yaml", yaml.safe_dump(config, sort_keys=True).strip(), "```", ""]
-    return "\n".join(lines)
+        lines.append("Not evaluated yet: run test.py on the test split (its metrics.json then goes into this card).")
+    lines += [
+        "",
+        "## Recipe",
+        "",
+        "The main options (the whole resolved configuration is `run_config.yaml` beside the adapter):",
+        "",
+        "```yaml",
+        yaml.safe_dump(recipe(config), sort_keys=False).strip(),
+        "```",
+        "",
+    ]
+    return ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(lines))
 
 
-def write_model_card(folder: str | os.PathLike, **kwargs) -> Path:
-    """Write :func:`model_card` to ``folder/README.md``; picks up ``metrics.json`` beside the adapter if present."""
+def write_model_card(folder: str | os.PathLike, kind: str, **kwargs) -> Path:
+    """Write :func:`model_card` (``kind``: adapter or merged) to ``folder/README.md``, atomically."""
     path = Path(folder) / "README.md"
     with atomic_path(path) as tmp:
-        tmp.write_text(model_card(**kwargs), encoding="utf-8")
+        tmp.write_text(str(model_card(kind, **kwargs)), encoding="utf-8")
     return path
 
 
-def read_metrics(output_dir: str | os.PathLike) -> dict | None:
-    """Test metrics written by test.py into ``output_dir/eval/metrics.json``, if any."""
-    path = Path(output_dir) / "eval" / "metrics.json"
-    return json.loads(path.read_text()) if path.exists() else None
+def read_metrics(output_dir: str | os.PathLike, metrics_file: str | os.PathLike | None = None) -> dict | None:
+    """Test metrics written by test.py: ``metrics_file``, or ``output_dir/eval/metrics.json`` if it exists."""
+    from llama_squad.io import InputError, read_json
+
+    path = Path(metrics_file) if metrics_file else Path(output_dir) / "eval" / "metrics.json"
+    if metrics_file is None and not path.exists():
+        return None
+    metrics = read_json(path)
+    if not isinstance(metrics, dict):
+        raise InputError(f"{path}: not a metrics.json written by test.py (expected a JSON object)")
+    return metrics
+
+
+def adapter_files(adapter_dir: str | os.PathLike) -> list[Path]:
+    """The files of ``adapter_dir`` that make the shareable adapter (:data:`ADAPTER_FILES`), in that order."""
+    folder = Path(adapter_dir)
+    return [folder / name for name in ADAPTER_FILES if (folder / name).is_file()]
+
+
+def hub_adapter_config(adapter_dir: str | os.PathLike, base_model: str) -> bytes:
+    """``adapter_config.json`` as it is pushed: ``base_model_name_or_path`` is the base model's Hub id (PEFT wrote the
+    local folder it trained from, which no one else has), so ``AutoPeftModelForCausalLM`` finds the base."""
+    from llama_squad.models import hub_model_id
+
+    config = json.loads((Path(adapter_dir) / "adapter_config.json").read_text(encoding="utf-8"))
+    base_id = hub_model_id(base_model)
+    if base_id:
+        config["base_model_name_or_path"] = base_id
+    else:
+        logger.warning(
+            "%s is a local folder: the pushed adapter_config.json names it as the base model; users need the same "
+            "folder (or edit base_model_name_or_path to a Hub id)",
+            base_model,
+        )
+    return (json.dumps(config, indent=2, sort_keys=True) + "\n").encode("utf-8")
+
+
+def push_adapter(adapter_dir: str | os.PathLike, repo_id: str, base_model: str) -> str:
+    """Push the adapter alone (:func:`adapter_files`, with :func:`hub_adapter_config`) to ``repo_id`` in one commit,
+    creating the repository if needed; returns the commit URL."""
+    from huggingface_hub import CommitOperationAdd, HfApi
+
+    files = adapter_files(adapter_dir)
+    if not any(f.name.startswith("adapter_model.") for f in files):
+        raise HubAccessError(f"--push_adapter {repo_id}: {adapter_dir} holds no adapter weights to push")
+    operations = [
+        CommitOperationAdd(
+            path_in_repo=f.name,
+            path_or_fileobj=hub_adapter_config(adapter_dir, base_model) if f.name == "adapter_config.json" else str(f),
+        )
+        for f in files
+    ]
+    api = HfApi()
+    api.create_repo(repo_id, exist_ok=True)
+    commit = api.create_commit(repo_id, operations=operations, commit_message="Upload llama-squad LoRA adapter")
+    logger.info("pushed the adapter in %s (%d files) to %s", adapter_dir, len(files), repo_id)
+    return str(commit)
 
 
 def push_folder(folder: str | os.PathLike, repo_id: str) -> str:
-    """Create ``repo_id`` if needed and upload ``folder``; returns the commit URL."""
+    """Create ``repo_id`` if needed and upload ``folder`` (the merged model); returns the commit URL."""
     from huggingface_hub import HfApi
 
     api = HfApi()
@@ -114,3 +311,64 @@ def push_folder(folder: str | os.PathLike, repo_id: str) -> str:
     commit = api.upload_folder(repo_id=repo_id, folder_path=str(folder), commit_message="Upload llama-squad model")
     logger.info("pushed %s to %s", folder, repo_id)
     return str(commit)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of ``python -m llama_squad.export``."""
+    parser = argparse.ArgumentParser(
+        prog="python -m llama_squad.export",
+        description="Rewrite the model cards of a train.py output folder (with test.py's scores) and push.",
+    )
+    parser.add_argument("output_dir", help="train.py's output_dir (adapter, run_config.yaml, maybe merged/).")
+    parser.add_argument(
+        "--metrics_file", help="test.py's metrics.json (default: OUTPUT_DIR/eval/metrics.json if it exists)."
+    )
+    parser.add_argument("--push_adapter", help="Push the adapter alone to this Hub repository (USER_OR_ORG/NAME).")
+    parser.add_argument("--hub_repo_id", help="Push OUTPUT_DIR/merged to this Hub repository (USER_OR_ORG/NAME).")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Rewrite the cards of a trained folder, then push what was asked; 0 on success, 1 on bad input."""
+    from llama_squad.cli import setup_logging
+    from llama_squad.io import InputError
+
+    args = build_parser().parse_args(argv)
+    setup_logging()
+    output_dir = Path(args.output_dir)
+    merged = output_dir / "merged"
+    try:
+        for repo_id, option in ((args.push_adapter, "--push_adapter"), (args.hub_repo_id, "--hub_repo_id")):
+            if repo_id:
+                check_hub_access(repo_id, option=option)
+        if args.hub_repo_id and not (merged / "config.json").is_file():
+            raise InputError(f"--hub_repo_id: {merged} holds no merged model (train with --merge)")
+        if not (output_dir / "run_config.yaml").is_file():
+            raise InputError(f"{output_dir}: no run_config.yaml: not a train.py output folder")
+        resolved = yaml.safe_load((output_dir / "run_config.yaml").read_text(encoding="utf-8"))
+        if not isinstance(resolved, dict) or not {"model", "script"} <= set(resolved):
+            raise InputError(f"{output_dir / 'run_config.yaml'}: not written by train.py (no model/script sections)")
+        card = dict(
+            base_model=resolved["model"]["model_name_or_path"],
+            dataset_path=resolved["script"]["dataset_path"],
+            config=resolved,
+            metrics=read_metrics(output_dir, args.metrics_file),
+            task=dataset_task(resolved["script"]["dataset_path"]),
+        )
+        use_peft = resolved["model"].get("use_peft", True)
+        if (merged / "config.json").is_file():
+            logger.info("wrote %s", write_model_card(merged, MERGED, repo_id=args.hub_repo_id, **card))
+        kind = ADAPTER if use_peft else MERGED
+        logger.info("wrote %s", write_model_card(output_dir, kind, repo_id=args.push_adapter, **card))
+        if args.push_adapter:
+            push_adapter(output_dir, args.push_adapter, card["base_model"])
+        if args.hub_repo_id:
+            push_folder(merged, args.hub_repo_id)
+    except (InputError, HubAccessError) as e:
+        sys.stderr.write(f"export: error: {e}\n")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

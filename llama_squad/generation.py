@@ -158,6 +158,7 @@ class Generator:
             stop.append(tokenizer.eos_token_id)
         self.stop_ids = stop
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stop[0]
+        self.streamer = None  # a transformers streamer (TextIteratorStreamer) fed by every generate call, if set
 
     def prompt_ids(self, messages: list[dict], last_turn: bool) -> tuple[list[int], str]:
         prefix = ANSWER_PREFIX if self.options.force_answer and last_turn else None
@@ -185,6 +186,8 @@ class Generator:
             prefixes = [tuple(p[:n]) for p, n in zip(prompts, prefix_lengths, strict=True)]
             if any(len(prefix) >= len(p) for prefix, p in zip(prefixes, prompts, strict=True)):
                 prefixes = None  # every row must keep one token of its own to feed
+        if self.streamer is not None:
+            kwargs["streamer"] = self.streamer
         if previous is not None:
             input_ids, attention_mask = previous.extend(prompts, self.pad_id)
             kwargs[cache_kwarg(self.model)] = previous.cache

