@@ -598,3 +598,21 @@ def test_demo_builds_with_defaults(tmp_path):
     assert "create_dataset.py --task multiwoz --data_file data/demo/multiwoz_demo.json" in (
         (demo.parents[1] / "Makefile").read_text()
     )
+
+
+@pytest.mark.parametrize("granularity", ["slot", "domain"])
+def test_the_questions_of_a_turn_differ_only_after_the_dialogue(test21, granularity):
+    """The answer format precedes the dialogue, the question follows it: what a turn's questions share (and test.py
+    computes once, prefix sharing) is everything up to the question, whatever the granularity."""
+    dataset, _ = build_split(test21[:2], make_questions(default_slots(), granularity, False), system_prompt="Be.")
+    rows = [r for r in dataset if r["dialogue_id"] == test21[0].dialogue_id and r["turn"] == 1]
+    assert len(rows) == {"slot": 30, "domain": 5}[granularity]
+    contents = [r["prompt"][-1]["content"] for r in rows]
+    shared = contents[0][: contents[0].index("\nQuestion: ")]
+    assert shared.endswith(test21[0].utterances[2][1] + "\n")  # the dialogue up to the user turn asked about
+    for content, row in zip(contents, rows, strict=True):
+        tail = content.removeprefix(shared + "\nQuestion: " + row["question"])
+        if granularity == "slot":
+            assert tail == ""
+        else:
+            assert tail == "\nReply in the form " + json.dumps({s.split("-")[1]: "..." for s in row["slots"]})
