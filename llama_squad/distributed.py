@@ -28,6 +28,18 @@ def deepspeed_zero3_enabled() -> bool:
     return is_deepspeed_zero3_enabled()
 
 
+def sharding_engine(config) -> str | None:
+    """``"FSDP"`` or ``"DeepSpeed"`` when one was asked for (train.py's ``--fsdp`` / ``--deepspeed``, or an accelerate
+    config, which sets ``ACCELERATE_USE_FSDP`` / ``ACCELERATE_USE_DEEPSPEED``); None for DDP or one process."""
+    from accelerate.utils import parse_flag_from_env
+
+    if fsdp_enabled(config):
+        return "FSDP"
+    if getattr(config, "deepspeed", None) or parse_flag_from_env("ACCELERATE_USE_DEEPSPEED"):
+        return "DeepSpeed"
+    return None
+
+
 def shards_parameters(config) -> bool:
     """Whether the parameters are sharded across processes (FSDP or ZeRO-3) rather than copied to each (DDP)."""
     return fsdp_enabled(config) or deepspeed_zero3_enabled()

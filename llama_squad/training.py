@@ -16,7 +16,7 @@ RUN_CONFIG = "run_config.yaml"
 
 def validate(model_args: ModelArguments, script_args: ScriptArguments, config: TrainConfig) -> None:
     """Check the options together before any long work; raise once, naming every problem and its flag."""
-    from llama_squad.distributed import fsdp_enabled
+    from llama_squad.distributed import fsdp_enabled, sharding_engine
     from llama_squad.models import ModelError, check_model_source
 
     problems = []
@@ -79,6 +79,15 @@ def validate(model_args: ModelArguments, script_args: ScriptArguments, config: T
         problems.append(
             f"--optim {optim} with FSDP: bitsandbytes' 8-bit optimizers fail when FSDP saves a checkpoint; "
             "pass --optim adamw_torch (FSDP shards the optimizer state already)"
+        )
+    engine = sharding_engine(config)
+    if engine and config.use_cpu:
+        # accelerate (1.16) runs CPU processes as DistributedType.MULTI_CPU, which ignores the FSDP and DeepSpeed
+        # settings: the run would be plain DDP over gloo, with whole copies of the model
+        problems.append(
+            f"--use_cpu with {engine} (the default without a GPU): accelerate shards nothing on the CPU and would "
+            "train plain DDP instead; run on GPUs (--use_cpu false), or use configs/accelerate/cpu_2proc.yaml (DDP) "
+            "on the CPU"
         )
     if script_args.hub_repo_id and not model_args.use_peft:
         problems.append("--hub_repo_id pushes the merged adapter: it needs --use_peft")

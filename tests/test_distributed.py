@@ -281,7 +281,7 @@ def test_fsdp_is_seen_from_the_accelerate_launcher_or_the_option(tmp_path, monke
 def test_fsdp_refuses_8bit_optimizers(tmp_path, monkeypatch, tiny_model_dir, tiny_dataset_dir):
     model_args, script_args = ModelArguments(str(tiny_model_dir)), ScriptArguments(str(tiny_dataset_dir))
     monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
-    config = TrainConfig(output_dir=str(tmp_path), optim="paged_adamw_8bit")
+    config = TrainConfig(output_dir=str(tmp_path), optim="paged_adamw_8bit", use_cpu=False)
     with pytest.raises(InputError) as error:
         training.validate(model_args, script_args, config)
     assert str(error.value) == (
@@ -290,6 +290,32 @@ def test_fsdp_refuses_8bit_optimizers(tmp_path, monkeypatch, tiny_model_dir, tin
     )
     monkeypatch.delenv("ACCELERATE_USE_FSDP")
     training.validate(model_args, script_args, config)  # DDP: fine
+
+
+@pytest.mark.parametrize(
+    "variable, engine", [("ACCELERATE_USE_FSDP", "FSDP"), ("ACCELERATE_USE_DEEPSPEED", "DeepSpeed")]
+)
+def test_a_sharding_engine_on_the_cpu_is_refused_rather_than_run_as_ddp(
+    tmp_path, monkeypatch, tiny_model_dir, tiny_dataset_dir, variable, engine
+):
+    """accelerate turns CPU processes into DistributedType.MULTI_CPU and drops the FSDP / DeepSpeed plugin: the run
+    would silently be DDP (seen with accelerate launch --config_file <FSDP config with use_cpu: true>)."""
+    model_args, script_args = ModelArguments(str(tiny_model_dir)), ScriptArguments(str(tiny_dataset_dir))
+    monkeypatch.delenv("ACCELERATE_USE_FSDP", raising=False)
+    monkeypatch.delenv("ACCELERATE_USE_DEEPSPEED", raising=False)
+    on_cpu, on_gpus = (TrainConfig(output_dir=str(tmp_path), use_cpu=use_cpu) for use_cpu in (True, False))
+    training.validate(model_args, script_args, on_cpu)  # DDP on the CPU: fine
+    # what accelerate launch --config_file fsdp.yaml / deepspeed_zero3.yaml sets (set after the TrainConfig is built:
+    # TrainingArguments wants DeepSpeed installed once the variable is there)
+    monkeypatch.setenv(variable, "true")
+    with pytest.raises(InputError) as error:
+        training.validate(model_args, script_args, on_cpu)
+    assert str(error.value) == (
+        f"invalid options:\n  - --use_cpu with {engine} (the default without a GPU): accelerate shards nothing on "
+        "the CPU and would train plain DDP instead; run on GPUs (--use_cpu false), or use "
+        "configs/accelerate/cpu_2proc.yaml (DDP) on the CPU"
+    )
+    training.validate(model_args, script_args, on_gpus)  # GPUs: fine
 
 
 def test_sharded_4bit_weights_are_stored_in_the_compute_dtype(tiny_model_dir):
