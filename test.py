@@ -91,7 +91,7 @@ def evaluate(args: TestArguments, options: GenerationOptions) -> None:
 
     from llama_squad import distributed, generation, models, results
     from llama_squad.io import InputError, output_lock
-    from llama_squad.summary import format_table, metrics_table, run_name
+    from llama_squad.summary import constraint_label, format_table, metrics_table, run_name
     from llama_squad.tasks import get_task
 
     # 1. Check the options, the questions and the model's files before loading anything heavy.
@@ -171,7 +171,8 @@ def evaluate(args: TestArguments, options: GenerationOptions) -> None:
         rows = results.read_results(output_csv)
         metrics = results.summarize(rows)
         generation.save_metrics(metrics, output_dir / "metrics.json")
-    print(format_table(metrics_table({run_name(output_csv): {"task": rows["task"].iloc[0], **metrics}})))
+    row = {"task": rows["task"].iloc[0], "constrain": constraint_label(rows), **metrics}
+    print(format_table(metrics_table({run_name(output_csv): row})))
     logger.info("wrote %s and %s", output_csv, output_dir / "metrics.json")
 
 

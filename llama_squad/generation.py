@@ -16,6 +16,7 @@ from llama_squad.tokenization import end_of_turn_token_id, tokenize_prompt
 logger = logging.getLogger(__name__)
 
 ANSWER_PREFIX = '{"answer": "'  # what --force_answer writes for the model before it answers
+CONSTRAIN_MODES = ("none", "json", "extractive")  # --constrain (llama_squad.constrain.MODES)
 
 
 @dataclass
@@ -30,6 +31,9 @@ class GenerationOptions:
     top_k: int = 50
     force_answer: bool = False
     share_prefix: bool = True  # compute the prompt prefix a group of questions shares once (greedy / sampling)
+    # --constrain (llama_squad/constrain.py): none; json: one JSON object of the task's form; extractive: also every
+    # value a span of the context / dialogue or a fixed choice ("?", "dontcare", a categorical slot's values)
+    constrain: str = "none"
 
     @property
     def shares_prefixes(self) -> bool:
@@ -51,6 +55,8 @@ class GenerationOptions:
                 problems.append(f"--top_p {self.top_p}: must be in (0, 1]")
             if self.top_k < 0:
                 problems.append(f"--top_k {self.top_k}: must be >= 0 (0 turns it off)")
+        if self.constrain not in CONSTRAIN_MODES:
+            problems.append(f"--constrain {self.constrain!r}: choose one of {', '.join(CONSTRAIN_MODES)}")
         return problems
 
     def generate_kwargs(self, stop_ids: list[int], pad_id: int) -> dict:
@@ -159,16 +165,36 @@ class Generator:
         self.stop_ids = stop
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stop[0]
         self.streamer = None  # a transformers streamer (TextIteratorStreamer) fed by every generate call, if set
+        self.constrainer = None  # --constrain: built on first use (llama_squad.constrain.Constrainer)
 
     def prompt_ids(self, messages: list[dict], last_turn: bool) -> tuple[list[int], str]:
         prefix = ANSWER_PREFIX if self.options.force_answer and last_turn else None
         return tokenize_prompt(self.tokenizer, messages, assistant_prefix=prefix), prefix or ""
+
+    # --constrain: begin
+    def grammars(self, batch: list[tuple[Conversation, list[int], str]]) -> list | None:
+        """The grammar that constrains each prompt's answer (None: free; only a last turn is constrained), or None
+        when ``--constrain none``."""
+        if self.options.constrain == "none":
+            return None
+        from llama_squad.constrain import Constrainer
+
+        if self.constrainer is None:
+            self.constrainer = Constrainer(self.tokenizer, self.stop_ids)
+        grammars = []
+        for c, _, prefix in batch:
+            spec = get_task(c.example["task"]).constraint_of(c.example, self.options.constrain)
+            grammars.append(None if spec is None or c.turns_left != 1 else self.constrainer.grammar(spec, prefix))
+        return grammars
+
+    # --constrain: end
 
     @torch.inference_mode()
     def generate(
         self,
         prompts: list[list[int]],
         prefix_lengths: list[int] | None = None,
+        grammars: list | None = None,
         previous: TurnCache | None = None,
         keep_cache: bool = False,
     ) -> tuple[list[tuple[str, int]], TurnCache | None]:
@@ -178,6 +204,7 @@ class Generator:
         ``prefix_lengths[i]``: how many first tokens prompt ``i`` shares with the other prompts of its group (rows with
         the same first tokens). Each distinct prefix then goes through the model once, and its keys and values are
         handed to every row that starts with it (``shared_prefix_cache``); without them every row is run whole.
+        ``grammars[i]`` (``--constrain``): what the answer of prompt ``i`` may be (None: anything).
         ``previous``: the cache of the previous turn of these rows, whose prompts extend it: only the new tokens run.
         """
         kwargs = self.options.generate_kwargs(self.stop_ids, self.pad_id)
@@ -188,6 +215,13 @@ class Generator:
                 prefixes = None  # every row must keep one token of its own to feed
         if self.streamer is not None:
             kwargs["streamer"] = self.streamer
+        if grammars is not None and any(g is not None for g in grammars):  # --constrain
+            from transformers import LogitsProcessorList
+
+            from llama_squad.constrain import ConstrainedLogitsProcessor
+
+            processor = ConstrainedLogitsProcessor(grammars, self.options.num_beams, self.options.max_new_tokens)
+            kwargs["logits_processor"] = LogitsProcessorList([processor])
         if previous is not None:
             input_ids, attention_mask = previous.extend(prompts, self.pad_id)
             kwargs[cache_kwarg(self.model)] = previous.cache
@@ -274,9 +308,8 @@ class Generator:
                 c.next_prompt = None
                 batch.append((c, ids, prefix))
             keep = self.options.shares_prefixes and any(c.turns_left > 1 for c in active)
-            outputs, cache = self.generate(
-                [ids for _, ids, _ in batch], [c.shared for c, _, _ in batch], previous=previous, keep_cache=keep
-            )
+            prompts, shared = [ids for _, ids, _ in batch], [c.shared for c, _, _ in batch]
+            outputs, cache = self.generate(prompts, shared, self.grammars(batch), previous=previous, keep_cache=keep)
             for (c, ids, prefix), (text, n) in zip(batch, outputs, strict=True):
                 text = prefix + text.rstrip() if prefix else text.strip()
                 c.prompt_tokens = len(ids)
@@ -342,8 +375,9 @@ def batches_of_groups(groups: list[tuple[list[int], int]], lengths: list[int], b
         yield batch
 
 
-def results_rows(task, conversation: Conversation) -> list[dict]:
-    """The scored results rows of one answered example (the last turn's output is the answer)."""
+def results_rows(task, conversation: Conversation, constrain: str = "none") -> list[dict]:
+    """The scored results rows of one answered example (the last turn's output is the answer); ``constrain``: the
+    ``--constrain`` mode it was generated with."""
     example = conversation.example
     raw = conversation.outputs[-1]
     rows = []
@@ -357,6 +391,7 @@ def results_rows(task, conversation: Conversation) -> list[dict]:
             "raw_output": raw,
             "prompt_tokens": conversation.prompt_tokens,
             "completion_tokens": conversation.completion_tokens,
+            "constrain": constrain,
         }
         row.update({k: example[k] for k in task.EXTRA_RESULT_COLUMNS if k in example})
         row.update(scored)
@@ -411,7 +446,7 @@ def run_generation(
     for batch in batches:
         answered = [conversations.pop(ex["id"]) for ex in batch]
         generator.answer(answered)
-        writer.write([row for c in answered for row in results_rows(task, c)])
+        writer.write([row for c in answered for row in results_rows(task, c, generator.options.constrain)])
         done += len(batch)
         bar.update(len(batch))
         bar.set_postfix(q_per_s=f"{done / (time.perf_counter() - start):.2f}")

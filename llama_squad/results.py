@@ -32,7 +32,10 @@ RESULT_COLUMNS = (
     "abstained",  # the model answered "?"
     "prompt_tokens",
     "completion_tokens",
+    "constrain",  # --constrain: none | json | extractive
 )
+# Columns added after the first results files were written: such a file reads with this value in the column.
+LATER_COLUMNS = {"constrain": "none"}
 BOOL_COLUMNS = ("valid_json", "answer_found", "has_answer", "abstained")
 FLOAT_COLUMNS = ("exact", "f1")
 INT_COLUMNS = ("prompt_tokens", "completion_tokens")
@@ -49,6 +52,7 @@ def _to_csv_text(rows: Iterable[dict], columns: list[str], header: bool) -> str:
     if header:
         writer.writeheader()
     for row in rows:
+        row = {**LATER_COLUMNS, **row}  # rows made by older code lack the later columns
         writer.writerow({c: json.dumps(row[c], ensure_ascii=False) if c == "answers" else row[c] for c in columns})
     return buffer.getvalue()
 
@@ -305,6 +309,9 @@ def read_results(path: str | os.PathLike) -> pd.DataFrame:
         df = pd.read_csv(path, dtype=str, keep_default_na=False)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
         raise InputError(f"{path}: not a readable CSV file ({e})") from None
+    for column, value in LATER_COLUMNS.items():
+        if column not in df.columns:
+            df[column] = value
     missing = [c for c in RESULT_COLUMNS if c not in df.columns]
     if missing:
         raise InputError(

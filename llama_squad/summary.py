@@ -43,9 +43,15 @@ def run_status(path: str | os.PathLike, results: pd.DataFrame) -> str:
     return "complete"
 
 
+def constraint_label(results: pd.DataFrame) -> str:
+    """The ``--constrain`` mode of a run's rows (modes joined by "+" if rows were made with several)."""
+    return "+".join(sorted(results["constrain"].unique())) if "constrain" in results else "none"
+
+
 def summarize_files(paths: list[str]) -> pd.DataFrame:
-    """One row per results file (indexed by run name, with ``task`` and ``status`` columns), metric columns in a
-    fixed order. A run whose results hold fewer questions than its run record asks is marked partial, and logged."""
+    """One row per results file (indexed by run name, with ``task``, ``constrain`` and ``status`` columns), metric
+    columns in a fixed order. A run whose results hold fewer questions than its run record asks is marked partial, and
+    logged."""
     runs: dict[str, dict] = {}
     for path in paths:
         results = read_results(path)
@@ -57,7 +63,8 @@ def summarize_files(paths: list[str]) -> pd.DataFrame:
         status = run_status(path, results)
         if status.startswith("partial"):
             logger.warning("%s: %s questions answered: the run has not finished; resume it with test.py", path, status)
-        runs[name] = {"task": results["task"].iloc[0], "status": status, **summarize(results)}
+        runs[name] = {"task": results["task"].iloc[0], "constrain": constraint_label(results), "status": status}
+        runs[name].update(summarize(results))
     return metrics_table(runs)
 
 

@@ -144,7 +144,7 @@ def test_cli_table_for_two_runs(tmp_path, capsys):
     assert [r["run"] for r in rows] == ["a", "b"] and float(rows[1]["exact"]) == 50.0
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert summarize_results.main([str(tmp_path / "a"), "--format", "csv"]) == 0
-    assert capsys.readouterr().out.startswith("run,task,status,total,")
+    assert capsys.readouterr().out.startswith("run,task,constrain,status,total,")
 
 
 def test_answers_column_is_json(tmp_path):

@@ -11,6 +11,7 @@ A task module exposes:
 - ``score_output(raw_output, example) -> list[dict]``: the scored results row(s) of one generated answer
   (one row per question; a DST domain-level example yields one row per slot);
 - ``summarize(results: pandas.DataFrame) -> dict[str, float]``: the run's flat metrics.
+- ``constraint_of(example, mode) -> AnswerSpec | None``: what ``--constrain mode`` lets the model answer.
 """
 
 import importlib

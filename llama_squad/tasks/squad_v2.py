@@ -527,6 +527,21 @@ def build_dataset(args: Arguments) -> DatasetDict:
     )
 
 
+# ---------------------------------------------------------------------------------------------------- decoding
+
+
+def constraint_of(example: dict, mode: str):
+    """What ``--constrain mode`` lets the model answer (a :class:`llama_squad.constrain.AnswerSpec`; None: anything):
+    ``{"answer": ...}`` with any string (json), or with a span of the context or "?" (extractive)."""
+    from llama_squad.constrain import AnswerSpec, Field, json_spec
+
+    if mode == "none":
+        return None
+    if mode == "json":
+        return json_spec(["answer"])
+    return AnswerSpec((Field("answer", source=example["context"], choices=(NO_ANSWER,)),))
+
+
 # ---------------------------------------------------------------------------------------------------- scoring
 
 
