@@ -114,10 +114,11 @@ def left_pad(sequences: list[list[int]], pad_id: int) -> tuple[torch.Tensor, tor
 class Generator:
     """Answers chat prompts in batches with a model and its tokenizer."""
 
-    def __init__(self, model, tokenizer, options: GenerationOptions):
+    def __init__(self, model, tokenizer, options: GenerationOptions, pause=None):
         self.model = model
         self.tokenizer = tokenizer
         self.options = options
+        self.pause = pause  # the model's pause tokens (llama_squad.pause.PauseTokens), placed as in training
         stop = [end_of_turn_token_id(tokenizer)]
         if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in stop:
             stop.append(tokenizer.eos_token_id)
@@ -125,8 +126,13 @@ class Generator:
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stop[0]
 
     def prompt_ids(self, messages: list[dict], last_turn: bool) -> tuple[list[int], str]:
+        """The prompt ids of a turn, and the text prefilled for the model that belongs to its answer."""
         prefix = ANSWER_PREFIX if self.options.force_answer and last_turn else None
-        return tokenize_prompt(self.tokenizer, messages, assistant_prefix=prefix), prefix or ""
+        written = prefix or ""
+        if self.pause is not None and last_turn:  # the pauses: part of the prompt, never of the answer
+            messages, pauses = self.pause.prompt_messages(messages)
+            written = pauses + written
+        return tokenize_prompt(self.tokenizer, messages, assistant_prefix=written or None), prefix or ""
 
     @torch.inference_mode()
     def generate(self, prompts: list[list[int]], prefix_lengths: list[int] | None = None) -> list[tuple[str, int]]:
