@@ -90,6 +90,7 @@ def evaluate(args: TestArguments, options: GenerationOptions) -> None:
     from accelerate import PartialState
 
     from llama_squad import distributed, generation, models, results
+    from llama_squad import pause as pause_tokens
     from llama_squad.io import InputError, output_lock
     from llama_squad.summary import constraint_label, format_table, metrics_table, run_name
     from llama_squad.tasks import get_task
@@ -140,7 +141,10 @@ def evaluate(args: TestArguments, options: GenerationOptions) -> None:
             import transformers
 
             transformers.set_seed(args.seed)
-            generator = generation.Generator(model, tokenizer, options)
+            # the pause tokens the model was trained with (pause_tokens.json beside it), in the same place
+            trained = args.adapter_path or models.resolve_model_path(args.model_name_or_path, args.model_cache_dir)
+            pause = pause_tokens.for_model(trained, tokenizer)
+            generator = generation.Generator(model, tokenizer, options, pause=pause)
 
         # 4. Record the settings, then generate in batches, appending scored rows to results.csv (to this
         # process's shard in a distributed run).

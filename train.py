@@ -11,6 +11,10 @@ Or everything on the command line (the embedded SmolLM2-135M-Instruct by default
     python train.py --dataset_path data/squad_v2_dev_split --output_dir output/smollm2 \
         --num_train_epochs 2 --per_device_train_batch_size 16 --lora_r 64 --merge
 
+With 8 learned pause tokens before every answer (their embedding rows trained beside LoRA; test.py prompts with them):
+
+    python train.py --config configs/smollm2_dev_split.yaml --pause_tokens 8 --output_dir output/smollm2-pause8
+
 On several GPUs or machines, the same command under accelerate (DDP, FSDP, DeepSpeed ZeRO-3; see the README section
 "Several GPUs / several machines" and configs/accelerate/):
 
@@ -18,11 +22,12 @@ On several GPUs or machines, the same command under accelerate (DDP, FSDP, DeepS
 
 Re-running the same command resumes from the newest complete checkpoint in output_dir (a checkpoint torn by a
 crash is skipped and moved aside); a second run on the same output_dir stops at once. The adapter, tokenizer and chat
-template land in output_dir, with run_config.yaml, loss.png and (with --merge) output_dir/merged;
---hub_repo_id USER/NAME pushes the merged model and its model card, --push_adapter USER/NAME the adapter alone
-(python -m llama_squad.export does both later, with the scores of test.py in the cards). In a distributed run the
-main process alone writes, merges and pushes, the first one of each machine converts the embedded model and
-tokenizes before the others reuse its work, and all but the first one of each machine log warnings only.
+template land in output_dir (with --pause_tokens N, pause_tokens.json too), with run_config.yaml, loss.png and
+(with --merge) output_dir/merged; --hub_repo_id USER/NAME pushes the merged model and its model card, --push_adapter
+USER/NAME the adapter alone (python -m llama_squad.export does both later, with the scores of test.py in the cards).
+In a distributed run the main process alone writes, merges and pushes, the first one of each machine converts the
+embedded model and tokenizes before the others reuse its work, and all but the first one of each machine log
+warnings only.
 """
 
 import contextlib
@@ -52,6 +57,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def train(model_args: ModelArguments, script_args: ScriptArguments, config: TrainConfig) -> None:
     from llama_squad import distributed, export, models, training
+    from llama_squad import pause as pause_tokens
     from llama_squad.io import output_lock
     from llama_squad.plotting import plot_losses
     from llama_squad.stability import add_fp16_overflow_guard
@@ -109,18 +115,23 @@ def train(model_args: ModelArguments, script_args: ScriptArguments, config: Trai
         )
         if model_args.fp16_overflow_guard:
             add_fp16_overflow_guard(model)
+        # Pause tokens: new special tokens, their embedding rows (the mean of the others to start with).
+        pause = pause_tokens.PauseTokens.of(model_args.pause_tokens, model_args.pause_position)
+        pause_ids = pause_tokens.prepare_model(model, tokenizer, pause) if pause else None
 
-        # 4. Answer-only labels; examples that do not fit max_length are dropped and counted. The first process of
-        # each machine tokenizes first; the others read its cached result.
+        # 4. Answer-only labels (never on the pause tokens); examples that do not fit max_length are dropped and
+        # counted. The first process of each machine tokenizes first; the others read its cached result.
         with config.main_process_first(desc="tokenizing"):
-            train_data, eval_data = training.load_training_data(script_args, tokenizer, config.max_length, config.seed)
+            train_data, eval_data = training.load_training_data(
+                script_args, tokenizer, config.max_length, config.seed, pause=pause
+            )
         logger.info("training on %d examples, validating on %d", len(train_data), len(eval_data or []))
 
         # 5. Train (saving the resolved config beside the checkpoints first).
         if main_process:
             training.save_run_config(resolved, config.output_dir)
-        peft_config = training.lora_config(model_args) if model_args.use_peft else None
-        trainer = training.build_trainer(model, tokenizer, config, train_data, eval_data, peft_config)
+        peft_config = training.lora_config(model_args, pause_ids) if model_args.use_peft else None
+        trainer = training.build_trainer(model, tokenizer, config, train_data, eval_data, peft_config, pause)
         logger.info("%s", distributed.describe_batch(config))
         trainer.train(resume_from_checkpoint=checkpoint)
 
@@ -133,6 +144,7 @@ def train(model_args: ModelArguments, script_args: ScriptArguments, config: Trai
         if not main_process:
             return
         tokenizer.save_pretrained(config.output_dir)
+        pause_tokens.save(pause, config.output_dir)  # test.py prompts with them, as in training
         if plot_losses(
             trainer.state.log_history, Path(config.output_dir) / "loss.png", title=Path(config.output_dir).name
         ):
@@ -165,7 +177,11 @@ def train(model_args: ModelArguments, script_args: ScriptArguments, config: Trai
         export.write_model_card(config.output_dir, kind, repo_id=script_args.push_adapter, **card)
         if script_args.push_adapter:
             export.push_adapter(config.output_dir, script_args.push_adapter, model_args.model_name_or_path)
-    logger.info("wrote %s (adapter, tokenizer, run_config.yaml, loss.png)", config.output_dir)
+    logger.info(
+        "wrote %s (adapter, tokenizer, %srun_config.yaml, loss.png)",
+        config.output_dir,
+        f"{pause_tokens.PAUSE_FILE}, " if pause else "",
+    )
 
 
 if __name__ == "__main__":

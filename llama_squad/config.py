@@ -4,6 +4,8 @@ from dataclasses import dataclass, field
 
 from trl import SFTConfig
 
+from llama_squad.pause import POSITIONS as PAUSE_POSITIONS
+
 QUANTIZATIONS = ("4bit", "8bit")
 DTYPES = ("auto", "bfloat16", "float16", "float32")
 
@@ -51,6 +53,22 @@ class ModelArguments:
     lora_target_modules: list[str] = field(
         default_factory=lambda: ["all-linear"],
         metadata={"help": "Modules that get an adapter. all-linear: every linear layer except the output head."},
+    )
+    pause_tokens: int = field(
+        default=0,
+        metadata={
+            "help": "Learned pause tokens: N new special tokens placed before every answer (--pause_position), "
+            "whose embedding rows alone are trained beside the LoRA layers; saved with the adapter, and test.py "
+            "prompts with them. 0: none."
+        },
+    )
+    pause_position: str = field(
+        default="assistant",
+        metadata={
+            "help": "Where the pause tokens go: assistant (they open the assistant turn, written for the model) or "
+            "user (they end the user message that asks for the answer).",
+            "choices": PAUSE_POSITIONS,
+        },
     )
 
 

@@ -58,15 +58,22 @@ def check_hub_access(repo_id: str, option: str = "--hub_repo_id", token: str | N
 def merge_adapter(
     base_path: str, adapter_dir: str | os.PathLike, output_dir: str | os.PathLike, dtype, tokenizer
 ) -> Path:
-    """Load the base model in ``dtype``, merge the LoRA adapter into it and save model + tokenizer (safetensors)."""
+    """Load the base model in ``dtype``, merge the LoRA adapter into it and save model + tokenizer (safetensors).
+
+    Pause tokens: the base model gets their rows before the adapter fills them, and ``pause_tokens.json`` goes with
+    the merged model, which test.py then prompts as the adapter was trained."""
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
+    from llama_squad import pause
+
     base = AutoModelForCausalLM.from_pretrained(base_path, dtype=dtype)
+    pause.grow_embeddings(base, len(tokenizer))
     merged = PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
     with atomic_path(output_dir, is_dir=True) as tmp:
         merged.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
+        pause.save(pause.load(adapter_dir), tmp)
     logger.info("merged the adapter into %s (%s) → %s", base_path, dtype, output_dir)
     return Path(output_dir)
 

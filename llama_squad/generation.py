@@ -155,10 +155,11 @@ class TurnCache:
 class Generator:
     """Answers chat prompts in batches with a model and its tokenizer."""
 
-    def __init__(self, model, tokenizer, options: GenerationOptions):
+    def __init__(self, model, tokenizer, options: GenerationOptions, pause=None):
         self.model = model
         self.tokenizer = tokenizer
         self.options = options
+        self.pause = pause  # the model's pause tokens (llama_squad.pause.PauseTokens), placed as in training
         stop = [end_of_turn_token_id(tokenizer)]
         if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in stop:
             stop.append(tokenizer.eos_token_id)
@@ -168,8 +169,13 @@ class Generator:
         self.constrainer = None  # --constrain: built on first use (llama_squad.constrain.Constrainer)
 
     def prompt_ids(self, messages: list[dict], last_turn: bool) -> tuple[list[int], str]:
+        """The prompt ids of a turn, and the text prefilled for the model that belongs to its answer."""
         prefix = ANSWER_PREFIX if self.options.force_answer and last_turn else None
-        return tokenize_prompt(self.tokenizer, messages, assistant_prefix=prefix), prefix or ""
+        written = prefix or ""
+        if self.pause is not None and last_turn:  # the pauses: part of the prompt, never of the answer
+            messages, pauses = self.pause.prompt_messages(messages)
+            written = pauses + written
+        return tokenize_prompt(self.tokenizer, messages, assistant_prefix=written or None), prefix or ""
 
     # --constrain: begin
     def grammars(self, batch: list[tuple[Conversation, list[int], str]]) -> list | None:

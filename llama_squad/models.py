@@ -479,7 +479,8 @@ def load_for_inference(
     device_map: str | dict | None = None,
 ):
     """``(model, tokenizer)`` ready to generate: the model (on the GPU when there is one) with the LoRA adapter at
-    ``adapter_path`` applied, and the adapter folder's tokenizer (train.py saves it there), left-padded.
+    ``adapter_path`` applied, and the adapter folder's tokenizer (train.py saves it there), left-padded. Where that
+    tokenizer holds tokens training added (pause tokens), the model first gets their rows, which the adapter fills.
 
     With ``merge_adapter`` the adapter is folded into the weights (W + BA), so that generating costs what the base
     model costs instead of two extra matmuls per adapted layer; the answers are the same up to rounding. A quantized
@@ -505,6 +506,9 @@ def load_for_inference(
     if adapter_path is not None:
         from peft import PeftModel
 
+        from llama_squad.pause import grow_embeddings
+
+        grow_embeddings(model, len(tokenizer))  # the adapter's tokenizer added tokens (pause tokens): their rows
         model = PeftModel.from_pretrained(model, str(adapter_path))
         if merge_adapter and not quantization:
             model = model.merge_and_unload()

@@ -19,6 +19,9 @@ How the answer is found, without token ids or model names:
 
 Multi-turn: the training text is the last turn's inference prompt plus the last answer; the earlier assistant turns
 sit inside that prompt and their tokens (from the assistant's lead to the end-of-turn token) are supervised too.
+
+An assistant prefix (pause tokens, ``llama_squad.pause``) opens the last answer, written for the model at inference:
+its ids must be exactly those ``tokenize_prompt(..., assistant_prefix=...)`` gives, and they are not supervised.
 """
 
 import logging
@@ -317,6 +320,7 @@ def _assemble(
     prompt_enc: tuple,
     full_ids: list[int],
     max_length: int | None,
+    prefilled: list[int] | None = None,
 ):
     prompt_ids, offsets = prompt_enc
     answer_ids = _continuation(tokenizer, state, prompt_ids, full_ids, rendered.answer)
@@ -324,6 +328,15 @@ def _assemble(
     if max_length is not None and len(input_ids) > max_length:
         return None
     labels = [IGNORE_INDEX] * len(prompt_ids)
+    written = 0  # answer ids written for the model (an assistant prefix): in the inference prompt, not supervised
+    if prefilled is not None:
+        written = len(prefilled) - len(prompt_ids)
+        if prefilled[: len(prompt_ids)] != prompt_ids or answer_ids[:written] != prefilled[len(prompt_ids) :]:
+            raise ValueError(
+                f"{_name(tokenizer)}: the assistant prefix tokenizes to {prefilled[len(prompt_ids) :]} in the "
+                f"inference prompt but the training text {rendered.answer!r} starts with {answer_ids[:written]}: "
+                "the prefix must end where a token ends (end it with a special token)"
+            )
     for start, end in rendered.spans:  # an earlier turn: supervise the tokens whose text overlaps its span
         last = None
         for i, (a, b) in enumerate(offsets):
@@ -340,8 +353,8 @@ def _assemble(
                 f"{_name(tokenizer)}: an earlier assistant turn ({rendered.prompt[start:end]!r}) does not end "
                 f"with the end-of-turn token {rendered.eot_id} once tokenized"
             )
-    labels += answer_ids
-    if not answer_ids or answer_ids[-1] != rendered.eot_id:
+    labels += [IGNORE_INDEX] * written + answer_ids[written:]
+    if len(answer_ids) <= written or answer_ids[-1] != rendered.eot_id:
         raise ValueError(
             f"{_name(tokenizer)}: the answer {rendered.answer!r} tokenizes to {answer_ids}, which does not end with "
             f"the end-of-turn token {rendered.eot_id}"
@@ -349,27 +362,46 @@ def _assemble(
     return {"input_ids": input_ids, "labels": labels}
 
 
-def _tokenize_many(tokenizer, examples: list[tuple[list[dict], list[dict]]], max_length: int | None) -> list:
+def _tokenize_many(
+    tokenizer, examples: list[tuple[list[dict], list[dict]]], max_length: int | None, prefixes: list[str] | None = None
+) -> list:
+    """``prefixes[i]``: the text example ``i``'s last answer opens with, prefilled at inference ("": none)."""
     state = _state(tokenizer)
     rendered = [_render_example(tokenizer, state, prompt, completion) for prompt, completion in examples]
     prompts = _encode(tokenizer, [r.prompt for r in rendered], offsets=True)
     fulls = _encode(tokenizer, [r.prompt + r.answer for r in rendered])["input_ids"]
+    prefilled = [
+        tokenize_prompt(tokenizer, [*prompt, *completion[:-1]], assistant_prefix=prefix) if prefix else None
+        for (prompt, completion), prefix in zip(examples, prefixes or [""] * len(examples), strict=True)
+    ]
     return [
-        _assemble(tokenizer, state, r, (ids, offsets), full, max_length)
-        for r, ids, offsets, full in zip(rendered, prompts["input_ids"], prompts["offset_mapping"], fulls, strict=True)
+        _assemble(tokenizer, state, r, (ids, offsets), full, max_length, prefill)
+        for r, ids, offsets, full, prefill in zip(
+            rendered, prompts["input_ids"], prompts["offset_mapping"], fulls, prefilled, strict=True
+        )
     ]
 
 
 def tokenize_conversation(
-    tokenizer, prompt: list[dict], completion: list[dict], max_length: int | None = None
+    tokenizer,
+    prompt: list[dict],
+    completion: list[dict],
+    max_length: int | None = None,
+    assistant_prefix: str | None = None,
 ) -> dict | None:
     """Input ids and labels of one example; labels are IGNORE_INDEX except on the assistant turns of ``completion``.
 
     ``input_ids`` starts with exactly ``tokenize_prompt(tokenizer, prompt + completion[:-1])`` (the last turn's
     inference prompt) and ends with the last answer's end-of-turn token. Returns None when it is longer than
     ``max_length``: the caller drops and counts it (truncating would cut the end-of-turn token).
+
+    ``assistant_prefix``: the last assistant content starts with this text, which inference writes for the model
+    (``tokenize_prompt(..., assistant_prefix=...)``, e.g. pause tokens): its ids are checked to be exactly those of
+    that inference prompt, and are not supervised.
     """
-    return _tokenize_many(tokenizer, [(prompt, completion)], max_length)[0]
+    if assistant_prefix and not completion[-1].get("content", "").startswith(assistant_prefix):
+        raise ValueError(f"the last assistant message does not start with its assistant prefix {assistant_prefix!r}")
+    return _tokenize_many(tokenizer, [(prompt, completion)], max_length, [assistant_prefix or ""])[0]
 
 
 def tokenize_prompt(tokenizer, messages: list[dict], assistant_prefix: str | None = None) -> list[int]:
@@ -406,14 +438,23 @@ def end_of_turn_token_id(tokenizer) -> int:
     return _layout(tokenizer, _state(tokenizer), ("user", "assistant"), first_target=1).eot_id
 
 
-def _tokenize_batch(batch: dict, tokenizer, max_length: int | None) -> dict:
-    rows = _tokenize_many(tokenizer, list(zip(batch["prompt"], batch["completion"], strict=True)), max_length)
+def _tokenize_batch(batch: dict, tokenizer, max_length: int | None, pause=None) -> dict:
+    examples = list(zip(batch["prompt"], batch["completion"], strict=True))
+    prefixes = None
+    if pause is not None:  # the pause tokens where inference puts them (llama_squad.pause)
+        placed = [pause.training_messages(prompt, completion) for prompt, completion in examples]
+        examples = [(prompt, completion) for prompt, completion, _ in placed]
+        prefixes = [prefix for _, _, prefix in placed]
+    rows = _tokenize_many(tokenizer, examples, max_length, prefixes)
     kept = [row for row in rows if row is not None]
     return {"input_ids": [row["input_ids"] for row in kept], "labels": [row["labels"] for row in kept]}
 
 
-def tokenize_dataset(dataset, tokenizer, max_length: int | None, num_proc: int | None = None) -> tuple:
+def tokenize_dataset(dataset, tokenizer, max_length: int | None, num_proc: int | None = None, pause=None) -> tuple:
     """Map rows with ``prompt``/``completion`` message columns to ``input_ids``/``labels``; drop the too-long ones.
+
+    ``pause`` (:class:`llama_squad.pause.PauseTokens`, whose tokens ``tokenizer`` holds): every example gets the
+    pause tokens before its last answer, where inference puts them, unsupervised.
 
     Returns (tokenized dataset with only those two columns, number of examples dropped for exceeding ``max_length``).
     """
@@ -431,7 +472,7 @@ def tokenize_dataset(dataset, tokenizer, max_length: int | None, num_proc: int |
         _tokenize_batch,
         batched=True,
         remove_columns=dataset.column_names,
-        fn_kwargs={"tokenizer": tokenizer, "max_length": max_length},
+        fn_kwargs={"tokenizer": tokenizer, "max_length": max_length, "pause": pause},
         features=features,
         num_proc=num_proc,
         desc="Tokenizing",

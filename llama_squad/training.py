@@ -5,8 +5,9 @@ import logging
 from pathlib import Path
 
 import yaml
+from transformers import TrainerCallback  # imported with the config already (TRL's SFTConfig)
 
-from llama_squad.config import ModelArguments, ScriptArguments, TrainConfig
+from llama_squad.config import PAUSE_POSITIONS, ModelArguments, ScriptArguments, TrainConfig
 from llama_squad.io import InputError, atomic_write_text
 
 logger = logging.getLogger(__name__)
@@ -69,6 +70,10 @@ def validate(model_args: ModelArguments, script_args: ScriptArguments, config: T
             "--padding_free and --packing need --attn_implementation flash_attention_2 (or 3): other kernels would "
             "let the examples of one row attend to each other"
         )
+    if not isinstance(model_args.pause_tokens, int) or model_args.pause_tokens < 0:
+        problems.append(f"--pause_tokens {model_args.pause_tokens}: give 0 (none) or a positive number (e.g. 8)")
+    if model_args.pause_position not in PAUSE_POSITIONS:
+        problems.append(f"--pause_position {model_args.pause_position!r}: choose {' or '.join(PAUSE_POSITIONS)}")
     if model_args.fp16_overflow_guard and not config.fp16:
         problems.append("--fp16_overflow_guard is for float16 training: add --fp16, or drop the guard")
     problem = named_checkpoint_problem(config)
@@ -103,7 +108,17 @@ def resolved_config(model_args, script_args, config) -> dict:
 
 # Options that decide what a checkpoint holds: resuming it under other values would fail inside the Trainer, or
 # silently train another model than the checkpoint's.
-CHECKPOINT_SHAPE = ("model_name_or_path", "quantization", "use_peft", "lora_r", "lora_alpha", "lora_target_modules")
+# The pause tokens add embedding rows (a shape) and decide where the model reads them.
+CHECKPOINT_SHAPE = (
+    "model_name_or_path",
+    "quantization",
+    "use_peft",
+    "lora_r",
+    "lora_alpha",
+    "lora_target_modules",
+    "pause_tokens",
+    "pause_position",
+)
 
 
 def check_resume_config(resolved: dict, output_dir: str, checkpoint: str) -> None:
@@ -120,8 +135,12 @@ def check_resume_config(resolved: dict, output_dir: str, checkpoint: str) -> Non
     if not isinstance(old, dict):
         return
     changed = []
+    # a model option the checkpoint's run did not record did not exist then: that run had its default behaviour
+    defaults = {f.name: f.default for f in dataclasses.fields(ModelArguments) if f.default is not dataclasses.MISSING}
     for section in ("model", "script", "training"):
         before, now = old.get(section) or {}, resolved.get(section) or {}
+        if section == "model":
+            before = {k: v for k, v in defaults.items() if k in now} | before
         for key in sorted(set(before) | set(now)):
             if before.get(key) != now.get(key) and key not in ("resume_from_checkpoint", "hub_token", "logging_dir"):
                 changed.append((section, key, before.get(key), now.get(key)))
@@ -182,8 +201,9 @@ def find_checkpoint(config: TrainConfig) -> str | None:
     return str(found) if found else None
 
 
-def load_training_data(script_args: ScriptArguments, tokenizer, max_length: int, seed: int = 42):
+def load_training_data(script_args: ScriptArguments, tokenizer, max_length: int, seed: int = 42, pause=None):
     """Tokenized train and validation splits (answer-only labels); examples longer than max_length are dropped.
+    With ``pause`` (:class:`llama_squad.pause.PauseTokens`) every example holds the pause tokens, unsupervised.
 
     ``--max_train_examples`` draws a seeded random sample: the splits are stored in source order (article by article,
     dialogue by dialogue), so their first N rows would cover only a few topics.
@@ -202,7 +222,7 @@ def load_training_data(script_args: ScriptArguments, tokenizer, max_length: int,
     if script_args.max_eval_examples is not None:
         validation = validation.select(range(min(script_args.max_eval_examples, len(validation))))
     try:
-        train, dropped = tokenize_dataset(train, tokenizer, max_length)
+        train, dropped = tokenize_dataset(train, tokenizer, max_length, pause=pause)
     except ValueError as e:  # the tokenizer's chat template cannot render or delimit the answers
         raise InputError(f"{script_args.dataset_path}: cannot tokenize the training examples: {e}") from None
     if dropped:
@@ -210,14 +230,16 @@ def load_training_data(script_args: ScriptArguments, tokenizer, max_length: int,
     if len(train) == 0:
         raise InputError(f"{script_args.dataset_path}: no training example fits --max_length {max_length}")
     if len(validation):
-        validation, dropped = tokenize_dataset(validation, tokenizer, max_length)
+        validation, dropped = tokenize_dataset(validation, tokenizer, max_length, pause=pause)
         if dropped:
             logger.warning("dropped %d validation examples longer than --max_length %d", dropped, max_length)
     return train, (validation if len(validation) else None)
 
 
-def lora_config(model_args: ModelArguments):
-    """The LoRA adapter: on every linear layer except the output head by default."""
+def lora_config(model_args: ModelArguments, trainable_token_indices: list[int] | None = None):
+    """The LoRA adapter: on every linear layer except the output head by default; with
+    ``trainable_token_indices`` (the pause tokens) also those rows of the input embedding, and of the output layer
+    where it is tied to it, and no other row."""
     from peft import LoraConfig
 
     targets = model_args.lora_target_modules
@@ -228,11 +250,18 @@ def lora_config(model_args: ModelArguments):
         lora_dropout=model_args.lora_dropout,
         target_modules=targets[0] if targets == ["all-linear"] else targets,
         bias="none",
+        trainable_token_indices=list(trainable_token_indices) if trainable_token_indices else None,
     )
 
 
-def build_trainer(model, tokenizer, config: TrainConfig, train_dataset, eval_dataset, peft_config):
-    """TRL's SFTTrainer on our pre-tokenized examples, padded by :class:`AnswerOnlyCollator`."""
+def build_trainer(model, tokenizer, config: TrainConfig, train_dataset, eval_dataset, peft_config, pause=None):
+    """TRL's SFTTrainer on our pre-tokenized examples, padded by :class:`AnswerOnlyCollator`.
+
+    With ``pause`` (the model's :class:`llama_squad.pause.PauseTokens`), every checkpoint records them too, and the
+    adapter saves the pause rows alone (not the whole grown embedding matrices).
+    """
+    import functools
+
     import torch
     from trl import SFTTrainer
 
@@ -257,6 +286,19 @@ def build_trainer(model, tokenizer, config: TrainConfig, train_dataset, eval_dat
         data_collator=collator,
         peft_config=peft_config,
     )
+    if getattr(peft_config, "trainable_token_indices", None):
+        # PEFT saves the whole embedding matrices of a model whose vocabulary grew ("auto"): gigabytes for an 8B
+        # model. The trainable tokens hold the rows that were trained; the others are the base model's, and the new
+        # rows the mean of them, rebuilt at load time (llama_squad.pause.grow_embeddings).
+        peft_model = trainer.model
+        peft_model.save_pretrained = functools.partial(peft_model.save_pretrained, save_embedding_layers=False)
+        # A tied output layer is wrapped by PEFT too (the same trained rows); TRL's fused LM head reads its
+        # ``weight`` (the wrapper gives the trained rows in place) and its ``bias``, which the wrapper lacks.
+        head = peft_model.get_output_embeddings()
+        if head is not None and not hasattr(head, "bias") and hasattr(head, "original_module"):
+            head.bias = getattr(head.original_module, "bias", None)
+    if pause is not None:
+        trainer.add_callback(_PauseFileCallback(pause))
     if config.fp16:
         # TRL casts a quantized model's adapter weights to bfloat16; float16 mixed precision wants float32 master
         # weights (and GPUs that need float16 may not have bfloat16 at all)
@@ -264,3 +306,17 @@ def build_trainer(model, tokenizer, config: TrainConfig, train_dataset, eval_dat
             if param.requires_grad and param.dtype != torch.float32:
                 param.data = param.data.float()
     return trainer
+
+
+class _PauseFileCallback(TrainerCallback):
+    """Writes ``pause_tokens.json`` into every checkpoint: one can be evaluated as an adapter, prompted as trained."""
+
+    def __init__(self, pause):
+        self.pause = pause
+
+    def on_save(self, args, state, control, **kwargs):
+        from llama_squad import pause as pause_tokens
+
+        folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        if state.is_world_process_zero and folder.is_dir():
+            pause_tokens.save(self.pause, folder)

@@ -1,0 +1,161 @@
+"""A/B of learned pause tokens: the same data, steps and seed, trained and tested with N = 0 and with N > 0 pause
+tokens (before the answer in the assistant turn, and at the end of the user turn), in one run.
+
+    # CPU, the embedded SmolLM2-135M-Instruct (~1 h on 2 cores): 1,000 training questions of dev articles 0-24,
+    # one epoch, tested on the first 300 questions of articles 25-34
+    python benchmarks/ab_pause_tokens.py --train_questions 1000 --test_questions 300 --json_out ab_pause.json
+
+    # a quick check of the script (a few minutes)
+    python benchmarks/ab_pause_tokens.py --train_questions 64 --test_questions 16 --max_steps 4
+
+    # GPU, llama-squad's setting (Llama-3-8B-Instruct, QLoRA, the whole SQuAD v2 train set, tested on dev)
+    python benchmarks/ab_pause_tokens.py --model meta-llama/Meta-Llama-3-8B-Instruct \\
+        --config configs/llama3_8b_qlora.yaml --hub_dataset rajpurkar/squad_v2 --train_questions 0 \\
+        --test_questions 0 --batch_size 8 --learning_rate 1e-4 --pause_tokens 8
+
+Every arm runs the real scripts (train.py, then test.py) in a fresh process on one dataset built once by
+create_dataset.py; only --pause_tokens and --pause_position differ. Prints EM/F1 with the HasAns/NoAns split and
+valid JSON per arm, and writes them (and the commands) to --json_out.
+"""
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+DEV = REPO.parent / "shared" / "data" / "squad_v2" / "dev-v2.0.json"
+METRICS = ("exact", "f1", "HasAns_exact", "HasAns_f1", "NoAns_exact", "valid_json", "total")
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="embedded", help="model_name_or_path of every arm")
+    parser.add_argument("--config", default=None, help="a train.py recipe for every arm (its options, then ours)")
+    parser.add_argument("--hub_dataset", default=None, help="SQuAD v2 from the Hub instead of the dev-split protocol")
+    parser.add_argument("--train_questions", type=int, default=1000, help="seeded sample of the train split; 0: all")
+    parser.add_argument("--test_questions", type=int, default=300, help="the first N test questions; 0: all")
+    parser.add_argument("--pause_tokens", type=int, default=8, help="N of the pause arms")
+    parser.add_argument("--positions", nargs="+", default=["assistant", "user"], help="pause arms to run")
+    parser.add_argument("--epochs", type=float, default=1.0)
+    parser.add_argument("--max_steps", type=int, default=-1, help="instead of --epochs (quick checks)")
+    parser.add_argument("--batch_size", type=int, default=8)
+    parser.add_argument("--learning_rate", type=float, default=5e-4)
+    parser.add_argument("--lora_r", type=int, default=16)
+    parser.add_argument("--max_length", type=int, default=1024)
+    parser.add_argument("--eval_batch_size", type=int, default=16)
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--work_dir", default=None, help="keep the data, adapters and results here (default: temp)")
+    parser.add_argument("--json_out", default=None)
+    return parser.parse_args(argv)
+
+
+def run(argv: list[str]) -> float:
+    """Run a script of the repository in a fresh process; the seconds it took."""
+    start = time.perf_counter()
+    print("$", " ".join(argv), file=sys.stderr, flush=True)
+    subprocess.run([sys.executable, *argv], check=True, cwd=REPO)
+    return time.perf_counter() - start
+
+
+def build_data(args, data_dir: Path) -> list[str]:
+    argv = ["create_dataset.py", "--task", "squad_v2", "--output_dir", str(data_dir), "--seed", str(args.seed)]
+    if args.hub_dataset:
+        argv += ["--hub_dataset", args.hub_dataset]
+    else:
+        argv += ["--train_file", str(DEV), "--test_articles", "25:35"]
+    run(argv)
+    return argv
+
+
+def train_argv(args, data_dir: Path, out: Path, pause_tokens: int, position: str) -> list[str]:
+    argv = ["train.py"] + (["--config", args.config] if args.config else [])
+    argv += [
+        "--model_name_or_path", args.model, "--dataset_path", str(data_dir), "--output_dir", str(out),
+        "--pause_tokens", str(pause_tokens), "--pause_position", position, "--seed", str(args.seed),
+        "--num_train_epochs", str(args.epochs), "--max_steps", str(args.max_steps),
+        "--per_device_train_batch_size", str(args.batch_size), "--learning_rate", str(args.learning_rate),
+        "--lora_r", str(args.lora_r), "--lora_alpha", str(2 * args.lora_r), "--max_length", str(args.max_length),
+        "--eval_strategy", "no", "--save_strategy", "no", "--merge", "false", "--report_to", "none",
+        "--resume_from_checkpoint", "no", "--logging_steps", "10", "--max_eval_examples", "0",
+    ]  # fmt: skip
+    if args.train_questions:
+        argv += ["--max_train_examples", str(args.train_questions)]
+    return argv
+
+
+def test_argv(args, data_dir: Path, out: Path) -> list[str]:
+    argv = ["test.py", "--model_name_or_path", args.model, "--adapter_path", str(out), "--dataset_path", str(data_dir)]
+    argv += ["--output_dir", str(out / "eval"), "--batch_size", str(args.eval_batch_size), "--max_new_tokens", "48"]
+    argv += ["--overwrite"]
+    return argv + (["--limit", str(args.test_questions)] if args.test_questions else [])
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if not args.hub_dataset and not DEV.exists():
+        print(f"{DEV} not found: this benchmark needs ../shared/data beside the checkout", file=sys.stderr)
+        return 1
+    arms = [("no pauses", 0, "assistant")] + [
+        (f"{args.pause_tokens} pauses, {position} turn", args.pause_tokens, position) for position in args.positions
+    ]
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(args.work_dir) if args.work_dir else Path(tmp)
+        data_dir = work / "data"
+        data_command = build_data(args, data_dir) if not (data_dir / "dataset_dict.json").exists() else None
+        rows = []
+        for name, count, position in arms:
+            out = work / f"pause{count}-{position}"
+            train_command = train_argv(args, data_dir, out, count, position)
+            train_s = run(train_command)
+            test_command = test_argv(args, data_dir, out)
+            test_s = run(test_command)
+            metrics = json.loads((out / "eval" / "metrics.json").read_text(encoding="utf-8"))
+            state = json.loads((out / "trainer_state.json").read_text(encoding="utf-8"))
+            losses = [e["loss"] for e in state["log_history"] if "loss" in e]
+            rows.append(
+                {
+                    "arm": name,
+                    "pause_tokens": count,
+                    "pause_position": position if count else None,
+                    "steps": state["global_step"],
+                    "final_train_loss": losses[-1] if losses else None,
+                    "train_seconds": round(train_s),
+                    "test_seconds": round(test_s),
+                    "metrics": {k: metrics.get(k) for k in METRICS},
+                    "commands": [" ".join(train_command), " ".join(test_command)],
+                }
+            )
+
+    print()
+    print(
+        f"model {args.model}; {args.train_questions or 'all'} training questions, "
+        f"{args.max_steps if args.max_steps > 0 else f'{args.epochs:g} epoch(s)'}, batch {args.batch_size}, "
+        f"lr {args.learning_rate}, LoRA r={args.lora_r}, seed {args.seed}; "
+        f"{args.test_questions or 'all'} test questions"
+    )
+    header = f"{'arm':<26} {'steps':>5} {'loss':>6} {'EM':>6} {'F1':>6} {'HasAns EM':>9} {'HasAns F1':>9} "
+    header += f"{'NoAns EM':>8} {'valid JSON':>10}"
+    print(header)
+    print("-" * len(header))
+    for r in rows:
+        m = r["metrics"]
+        loss = f"{r['final_train_loss']:.3f}" if r["final_train_loss"] is not None else "n/a"
+        print(
+            f"{r['arm']:<26} {r['steps']:>5} {loss:>6} {m['exact']:>6.1f} {m['f1']:>6.1f} {m['HasAns_exact']:>9.1f} "
+            f"{m['HasAns_f1']:>9.1f} {m['NoAns_exact']:>8.1f} {m['valid_json']:>10.1f}"
+        )
+    print(f"wall time {time.perf_counter() - start:.0f} s")
+    if args.json_out:
+        payload = {"args": vars(args), "data_command": data_command, "arms": rows}
+        Path(args.json_out).write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
+        print(f"wrote {args.json_out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
