@@ -105,6 +105,7 @@ ADAPTER_FILES = (
     "adapter_config.json", "adapter_model.safetensors", "adapter_model.bin", "tokenizer.json", "tokenizer_config.json",
     "special_tokens_map.json", "chat_template.jinja", "tokenizer.model", "vocab.json", "merges.txt",
     "added_tokens.json", "README.md", "run_config.yaml", "loss.png",
+    "pause_tokens.json",  # llama_squad.pause.PAUSE_FILE: the pause tokens the adapter was trained with
 )  # fmt: skip
 ADAPTER = "adapter"
 MERGED = "merged"
