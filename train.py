@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def train(model_args: ModelArguments, script_args: ScriptArguments, config: TrainConfig) -> None:
-    from llama_squad import distributed, export, models, training
+    from llama_squad import checkpoints, distributed, export, models, training
     from llama_squad import pause as pause_tokens
     from llama_squad.io import output_lock
     from llama_squad.plotting import plot_losses
@@ -143,6 +143,11 @@ def train(model_args: ModelArguments, script_args: ScriptArguments, config: Trai
         trainer.save_state()
         if not main_process:
             return
+        if model_args.use_peft and (problem := checkpoints.adapter_problem(config.output_dir)):
+            raise RuntimeError(
+                f"the adapter was not saved whole: {problem}. Under FSDP, PEFT can miss LoRA weights whose names "
+                "nested FSDP units rewrote: train on one GPU or with DDP (configs/accelerate/ddp.yaml)"
+            )
         tokenizer.save_pretrained(config.output_dir)
         pause_tokens.save(pause, config.output_dir)  # test.py prompts with them, as in training
         if plot_losses(

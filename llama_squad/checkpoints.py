@@ -53,6 +53,23 @@ def _safetensors_problem(path: Path) -> str | None:
     return None
 
 
+def adapter_problem(folder: str | os.PathLike) -> str | None:
+    """Why a saved adapter folder holds no trained weights (a missing file, or a safetensors file with no tensor: PEFT
+    found none of the adapter's names in the state dict it was given), or None."""
+    path = Path(folder) / "adapter_model.safetensors"
+    if not path.exists():
+        return None if (Path(folder) / "adapter_model.bin").exists() else f"{path} was not written"
+    problem = _safetensors_problem(path)
+    if problem:
+        return problem
+    with open(path, "rb") as f:
+        (header_len,) = struct.unpack("<Q", f.read(8))
+        header = json.loads(f.read(header_len))
+    if not any(k != "__metadata__" for k in header):
+        return f"{path} holds no tensor"
+    return None
+
+
 def file_problem(path: Path) -> str | None:
     """Why a weights/state file is not whole, or None: safetensors by their header, torch files by their zip index."""
     if path.suffix == ".safetensors":

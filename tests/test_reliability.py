@@ -452,3 +452,18 @@ def test_results_of_another_task_are_refused_before_loading_the_model(
     assert test_script.main(eval_argv(tiny_model_dir, tiny_dataset_dir, out)) == 1
     assert "task: 'multiwoz' in run.json, 'squad_v2' now" in caplog.text
     assert "loaded" not in caplog.text
+
+
+def test_an_adapter_saved_without_tensors_is_named(tmp_path):
+    """PEFT writes an empty adapter_model.safetensors when it finds none of its names in the state dict (seen with
+    nested FSDP units): train.py stops on it instead of reporting a trained adapter."""
+    import torch
+    from safetensors.torch import save_file
+
+    from llama_squad.checkpoints import adapter_problem
+
+    assert adapter_problem(tmp_path) == f"{tmp_path / 'adapter_model.safetensors'} was not written"
+    save_file({}, tmp_path / "adapter_model.safetensors")
+    assert adapter_problem(tmp_path).endswith("adapter_model.safetensors holds no tensor")
+    save_file({"base_model.model.lora_A.weight": torch.zeros(2, 3)}, tmp_path / "adapter_model.safetensors")
+    assert adapter_problem(tmp_path) is None
