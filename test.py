@@ -90,7 +90,6 @@ def evaluate(args: TestArguments, options: GenerationOptions) -> None:
     from accelerate import PartialState
 
     from llama_squad import distributed, generation, models, results
-    from llama_squad import pause as pause_tokens
     from llama_squad.io import InputError, output_lock
     from llama_squad.summary import constraint_label, format_table, metrics_table, run_name
     from llama_squad.tasks import get_task
@@ -127,24 +126,8 @@ def evaluate(args: TestArguments, options: GenerationOptions) -> None:
         # 3. The model (base + adapter, merged, or the embedded default), if anything is left to answer.
         generator = None
         if todo:
-            model, tokenizer = models.load_for_inference(
-                args.model_name_or_path,
-                adapter_path=args.adapter_path,
-                dtype=args.dtype,
-                quantization=args.quantization,
-                attn_implementation=args.attn_implementation,
-                trust_remote_code=args.trust_remote_code,
-                cache_dir=args.model_cache_dir,
-                merge_adapter=args.merge_adapter,
-                device_map={"": state.device} if processes > 1 and state.device.type == "cuda" else None,
-            )
-            import transformers
-
-            transformers.set_seed(args.seed)
-            # the pause tokens the model was trained with (pause_tokens.json beside it), in the same place
-            trained = args.adapter_path or models.resolve_model_path(args.model_name_or_path, args.model_cache_dir)
-            pause = pause_tokens.for_model(trained, tokenizer)
-            generator = generation.Generator(model, tokenizer, options, pause=pause)
+            device_map = {"": state.device} if processes > 1 and state.device.type == "cuda" else None
+            generator = generation.load_generator(args, options, device_map)
 
         # 4. Record the settings, then generate in batches, appending scored rows to results.csv (to this
         # process's shard in a distributed run).

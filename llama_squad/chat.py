@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from llama_squad.answers import NO_ANSWER, parse_json_answer
-from llama_squad.generation import ANSWER_PREFIX, GenerationOptions, Generator, start_conversation
+from llama_squad.generation import ANSWER_PREFIX, GenerationOptions, Generator, load_generator, start_conversation
 from llama_squad.tasks import multiwoz, squad_v2
 from llama_squad.tasks.common import DEFAULT_SYSTEM_PROMPT
 
@@ -191,7 +191,6 @@ class Chat:
 
 def load_chat(args: ChatArguments, options: GenerationOptions) -> Chat:
     """The model (as test.py loads it) and a :class:`Chat` around it."""
-    import transformers
 
     from llama_squad import models
     from llama_squad.io import InputError
@@ -202,19 +201,9 @@ def load_chat(args: ChatArguments, options: GenerationOptions) -> Chat:
     if problems:
         raise InputError("invalid options:\n  - " + "\n  - ".join(problems))
     models.check_model_source(args.model_name_or_path)
-    model, tokenizer = models.load_for_inference(
-        args.model_name_or_path,
-        adapter_path=args.adapter_path,
-        dtype=args.dtype,
-        quantization=args.quantization,
-        attn_implementation=args.attn_implementation,
-        trust_remote_code=args.trust_remote_code,
-        cache_dir=args.model_cache_dir,
-        merge_adapter=args.merge_adapter,
-    )
-    transformers.set_seed(args.seed)
+    generator = load_generator(args, options)
     return Chat(
-        Generator(model, tokenizer, options),
+        generator,
         prompt_style=args.prompt,
         system_prompt=args.system_prompt,
         list_categorical_values=args.list_categorical_values,

@@ -57,7 +57,8 @@ def test_force_answer_prefills_the_json(tiny, tiny_dataset_dir):
         assert outputs[0].startswith(ANSWER_PREFIX)
 
 
-def test_multi_turn_runs_instruction_by_instruction(tiny, tmp_path):
+def multi_turn_examples(tmp_path, limit: int) -> list[dict]:
+    """The first test questions of a small SQuAD dataset built with multi-turn prompts."""
     from conftest import write_squad
 
     import create_dataset
@@ -66,8 +67,12 @@ def test_multi_turn_runs_instruction_by_instruction(tiny, tmp_path):
     argv = ["--task", "squad_v2", "--train_file", str(write_squad(tmp_path / "s.json")), "--test_articles", "5:6",
             "--prompt", "multi_turn", "--output_dir", str(out)]  # fmt: skip
     assert create_dataset.main(argv) == 0
+    return load_examples(str(out), "test", limit)
+
+
+def test_multi_turn_runs_instruction_by_instruction(tiny, tmp_path):
     model, tokenizer = tiny
-    examples = load_examples(str(out), "test", 2)
+    examples = multi_turn_examples(tmp_path, 2)
     conversations = [start_conversation(ex) for ex in examples]
     Generator(model, tokenizer, GenerationOptions(max_new_tokens=4)).answer(conversations)
     for c in conversations:
@@ -237,16 +242,8 @@ def test_the_shared_prefix_runs_once_per_group(tiny_model_dir):
 def test_each_turn_starts_from_the_cache_of_the_previous_turn(tiny, tmp_path):
     """Multi-turn prompts: turns after the first feed only their new tokens (the assistant's reply and the next
     instruction), not the context again; the answers stay those of the unshared path (compared above)."""
-    from conftest import write_squad
-
-    import create_dataset
-
-    out = tmp_path / "mt"
-    argv = ["--task", "squad_v2", "--train_file", str(write_squad(tmp_path / "s.json")), "--test_articles", "5:6",
-            "--prompt", "multi_turn", "--output_dir", str(out)]  # fmt: skip
-    assert create_dataset.main(argv) == 0
     model, tokenizer = tiny
-    examples = load_examples(str(out), "test", 3)
+    examples = multi_turn_examples(tmp_path, 3)
     fed = {}
     for share in (False, True):
         generator = Generator(model, tokenizer, GenerationOptions(max_new_tokens=4, share_prefix=share))
