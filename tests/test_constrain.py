@@ -314,3 +314,23 @@ def test_test_py_records_the_constraint(tiny_model_dir, tiny_dataset_dir, tmp_pa
     assert results["valid_json"].all() and set(results["constrain"]) == {"json"}
     assert summarize_files([str(out / "results.csv")])["constrain"].tolist() == ["json"]
     assert test_script.main([*argv[:-1], "extractive"]) == 1  # another constraint does not resume these results
+
+
+def test_the_benchmark_catches_outputs_outside_the_context():
+    """benchmarks/bench_constrained.py's check of `extractive` would fail a run whose answer is not a span."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_constrained.py"
+    spec = importlib.util.spec_from_file_location("bench_constrained", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    questions = [{"id": i, "context": CONTEXT} for i in range(6)]
+    outputs = {
+        "0": '{"answer": "Zürich – 東京"}',  # a span
+        "1": '{"answer": "?"}',
+        "2": '{"answer": "no\\\\go"}',  # the escaped backslash is the context's
+        "3": '{"answer": "Zurich"}',  # not a span
+        "4": '{"answer": "Zürich"} and more',  # not one JSON object
+        "5": '{"answer": "Zürich", "why": "x"}',  # other keys
+    }
+    assert [v.split(":")[0] for v in bench.extractive_violations(questions, outputs)] == ["3", "4", "5"]

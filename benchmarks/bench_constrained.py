@@ -1,0 +1,209 @@
+"""Constrained decoding (test.py --constrain) on the same dev-split test questions, in one run: the embedded model
+zero-shot and with a short-trained adapter, each with none, json and extractive; valid JSON, EM/F1 with the
+HasAns/NoAns split, questions/s and its ratio against `none` of the same model.
+
+    # CPU (about 40 min on 2 idle cores): 300 questions; an adapter trained first on 1,000 dev-split training
+    # questions (one epoch, as benchmarks/ab_pause_tokens.py trains its arms)
+    python benchmarks/bench_constrained.py --questions 300 --json_out bench_constrained.json
+    # with an adapter trained already (train.py's output_dir)
+    python benchmarks/bench_constrained.py --adapter output/smollm2 --json_out bench_constrained.json
+    # a quick check of the script
+    python benchmarks/bench_constrained.py --questions 16 --train_questions 32 --max_steps 2
+
+Questions: the dev-split protocol's test split (articles 25-34 of dev-v2.0.json), shuffled with --seed as
+benchmarks/bench_eval.py shuffles it, the first --questions. Each setting is test.py's ``run_generation`` with
+``--constrain MODE`` (greedy, --max_new_tokens, --batch_size) after a warm-up, timed end to end; the model is loaded
+once per model and only the mode changes. The benchmark checks what `extractive` promises: every output is one JSON
+object {"answer": "..."} whose answer is "?" or a substring of its question's context; a violation fails the run.
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
+MODES = ("none", "json", "extractive")
+THROUGHPUT_GOAL = 0.7  # constrained q/s at least this fraction of `none`'s
+REPORTED = ("valid_json", "exact", "f1", "HasAns_exact", "HasAns_f1", "NoAns_exact", "total")
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="embedded", help="model_name_or_path (default: SmolLM2-135M-Instruct)")
+    parser.add_argument("--adapter", default=None, help="a trained adapter folder; default: train one first")
+    parser.add_argument("--questions", type=int, default=300, help="test questions answered by every setting")
+    parser.add_argument("--batch_size", type=int, default=16)
+    parser.add_argument("--max_new_tokens", type=int, default=48)
+    parser.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
+    parser.add_argument("--train_questions", type=int, default=1000, help="the adapter's training questions")
+    parser.add_argument("--epochs", type=float, default=1.0)
+    parser.add_argument("--max_steps", type=int, default=-1, help="instead of --epochs (quick checks)")
+    parser.add_argument("--learning_rate", type=float, default=5e-4)
+    parser.add_argument("--lora_r", type=int, default=16)
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--work_dir", default=None, help="keep the data, adapter and results here (default: temp)")
+    parser.add_argument("--json_out", default=None)
+    return parser.parse_args(argv)
+
+
+def train_adapter(args, work: Path) -> tuple[Path, list[str]]:
+    """Build the dev-split dataset and train a LoRA adapter on it with the real scripts; (its folder, commands)."""
+    from bench_eval import DEV, TEST_ARTICLES
+
+    data, out = work / "data", work / "adapter"
+    commands = []
+    if not (data / "dataset_dict.json").exists():
+        commands.append(
+            ["create_dataset.py", "--task", "squad_v2", "--train_file", str(DEV), "--test_articles", TEST_ARTICLES]
+            + ["--output_dir", str(data), "--seed", str(args.seed)]
+        )
+    commands.append(
+        [
+            "train.py", "--model_name_or_path", args.model, "--dataset_path", str(data), "--output_dir", str(out),
+            "--max_train_examples", str(args.train_questions), "--num_train_epochs", str(args.epochs),
+            "--max_steps", str(args.max_steps), "--per_device_train_batch_size", "8",
+            "--learning_rate", str(args.learning_rate), "--lora_r", str(args.lora_r),
+            "--lora_alpha", str(2 * args.lora_r), "--seed", str(args.seed), "--eval_strategy", "no",
+            "--save_strategy", "no", "--merge", "false", "--report_to", "none", "--resume_from_checkpoint", "no",
+            "--max_eval_examples", "0", "--logging_steps", "10",
+        ]
+    )  # fmt: skip
+    for argv in commands:
+        print("$", " ".join(argv), file=sys.stderr, flush=True)
+        subprocess.run([sys.executable, *argv], check=True, cwd=REPO)
+    return out, [" ".join(argv) for argv in commands]
+
+
+def extractive_violations(questions: list[dict], outputs: dict[str, str]) -> list[str]:
+    """The outputs that break `extractive`'s promise: not exactly one {"answer": string} object, or an answer that is
+    neither "?" nor a substring of the question's context."""
+    from llama_squad.answers import NO_ANSWER
+
+    bad = []
+    for q in questions:
+        raw = outputs[str(q["id"])]
+        try:
+            answer = json.loads(raw)
+            ok = isinstance(answer, dict) and list(answer) == ["answer"] and isinstance(answer["answer"], str)
+            ok = ok and (answer["answer"] == NO_ANSWER or answer["answer"] in q["context"])
+        except json.JSONDecodeError:
+            ok = False
+        if not ok:
+            bad.append(f"{q['id']}: {raw!r}")
+    return bad
+
+
+def measure_model(label: str, generator, questions: list[dict], args, folder: Path) -> list[dict]:
+    """Every mode on one loaded model; a row of figures per mode."""
+    from bench_eval import timed_run
+
+    from llama_squad.results import read_results, summarize
+
+    base_options = generator.options
+    rows = []
+    for mode in args.modes:
+        generator.options = replace(base_options, constrain=mode)
+        run = timed_run(generator, questions, args.batch_size, folder, f"{label}-{mode}")
+        metrics = summarize(read_results(folder / f"{label}-{mode}" / "results.csv"))
+        violations = extractive_violations(questions, run["outputs"]) if mode == "extractive" else []
+        rows.append(
+            {
+                "model": label,
+                "constrain": mode,
+                **{k: metrics[k] for k in REPORTED},
+                "q_per_s": run["questions_per_s"],
+                "seconds": run["seconds"],
+                "generated_tokens": run["generated_tokens"],
+                "extractive_violations": len(violations) if mode == "extractive" else None,
+            }
+        )
+        print(
+            f"{label} {mode}: {run['questions_per_s']:.2f} q/s, valid JSON {metrics['valid_json']:.1f}, "
+            f"EM {metrics['exact']:.1f}",
+            file=sys.stderr,
+            flush=True,
+        )
+        if violations:
+            raise SystemExit(f"{label} extractive: {len(violations)} outputs break the constraint, e.g. {violations[:3]}")
+    by_mode = {r["constrain"]: r for r in rows}
+    for r in rows:
+        r["throughput_vs_none"] = r["q_per_s"] / by_mode["none"]["q_per_s"] if "none" in by_mode else None
+    return rows
+
+
+def print_table(rows: list[dict]) -> None:
+    header = (
+        f"{'model':<10} {'constrain':<10} {'valid JSON':>10} {'EM':>6} {'F1':>6} {'HasAns EM':>9} {'NoAns EM':>8} "
+        f"{'q/s':>6} {'vs none':>7}"
+    )
+    print(header)
+    print("-" * len(header))
+    for r in rows:
+        ratio = f"{r['throughput_vs_none']:.2f}x" if r["throughput_vs_none"] is not None else "n/a"
+        print(
+            f"{r['model']:<10} {r['constrain']:<10} {r['valid_json']:>10.1f} {r['exact']:>6.1f} {r['f1']:>6.1f} "
+            f"{r['HasAns_exact']:>9.1f} {r['NoAns_exact']:>8.1f} {r['q_per_s']:>6.2f} {ratio:>7}"
+        )
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    from bench_eval import DEV, device_name, load_questions
+
+    if not DEV.exists():
+        print(f"{DEV} not found: this benchmark needs ../shared/data beside the checkout", file=sys.stderr)
+        return 1
+    import transformers
+
+    from llama_squad.generation import GenerationOptions, Generator
+    from llama_squad.models import load_for_inference
+
+    start = time.perf_counter()
+    rows, train_commands = [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(args.work_dir) if args.work_dir else Path(tmp)
+        adapter = Path(args.adapter) if args.adapter else None
+        if adapter is None:
+            adapter, train_commands = train_adapter(args, work)
+        questions, split_size = load_questions(args.questions, args.seed)
+        options = GenerationOptions(max_new_tokens=args.max_new_tokens)
+        for label, adapter_path in (("zero-shot", None), ("adapter", adapter)):
+            model, tokenizer = load_for_inference(args.model, adapter_path=adapter_path)
+            transformers.set_seed(args.seed)
+            generator = Generator(model, tokenizer, options)
+            rows += measure_model(label, generator, questions, args, work / "results")
+            del model, generator
+
+    print()
+    print(
+        f"{device_name()}; load average {os.getloadavg()[0]:.1f}; model {args.model}; {len(questions)} of the "
+        f"{split_size:,} dev-split test questions; batch {args.batch_size}, greedy, max_new_tokens "
+        f"{args.max_new_tokens}; adapter {args.adapter or f'trained on {args.train_questions} questions'}"
+    )
+    print_table(rows)
+    slow = [r for r in rows if r["throughput_vs_none"] is not None and r["throughput_vs_none"] < THROUGHPUT_GOAL]
+    print(f"throughput goal >= {THROUGHPUT_GOAL}x of none: {'missed by ' + str(len(slow)) if slow else 'met'}")
+    print(f"wall time {time.perf_counter() - start:.0f} s")
+    if args.json_out:
+        payload = {
+            "args": vars(args),
+            "device": device_name(),
+            "questions": len(questions),
+            "train_commands": train_commands,
+            "settings": rows,
+        }
+        Path(args.json_out).write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
+        print(f"wrote {args.json_out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
