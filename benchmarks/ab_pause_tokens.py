@@ -42,7 +42,10 @@ def parse_args(argv=None):
     parser.add_argument("--positions", nargs="+", default=["assistant", "user"], help="pause arms to run")
     parser.add_argument("--epochs", type=float, default=1.0)
     parser.add_argument("--max_steps", type=int, default=-1, help="instead of --epochs (quick checks)")
-    parser.add_argument("--batch_size", type=int, default=8)
+    parser.add_argument("--batch_size", type=int, default=8, help="examples per micro-batch")
+    parser.add_argument(
+        "--gradient_accumulation_steps", type=int, default=1, help="micro-batches per step (less memory per step)"
+    )
     parser.add_argument("--learning_rate", type=float, default=5e-4)
     parser.add_argument("--lora_r", type=int, default=16)
     parser.add_argument("--max_length", type=int, default=1024)
@@ -77,7 +80,9 @@ def train_argv(args, data_dir: Path, out: Path, pause_tokens: int, position: str
         "--model_name_or_path", args.model, "--dataset_path", str(data_dir), "--output_dir", str(out),
         "--pause_tokens", str(pause_tokens), "--pause_position", position, "--seed", str(args.seed),
         "--num_train_epochs", str(args.epochs), "--max_steps", str(args.max_steps),
-        "--per_device_train_batch_size", str(args.batch_size), "--learning_rate", str(args.learning_rate),
+        "--per_device_train_batch_size", str(args.batch_size),
+        "--gradient_accumulation_steps", str(args.gradient_accumulation_steps),
+        "--learning_rate", str(args.learning_rate),
         "--lora_r", str(args.lora_r), "--lora_alpha", str(2 * args.lora_r), "--max_length", str(args.max_length),
         "--eval_strategy", "no", "--save_strategy", "no", "--merge", "false", "--report_to", "none",
         "--resume_from_checkpoint", "no", "--logging_steps", "10", "--max_eval_examples", "0",
@@ -134,7 +139,8 @@ def main(argv=None) -> int:
     print()
     print(
         f"model {args.model}; {args.train_questions or 'all'} training questions, "
-        f"{args.max_steps if args.max_steps > 0 else f'{args.epochs:g} epoch(s)'}, batch {args.batch_size}, "
+        f"{args.max_steps if args.max_steps > 0 else f'{args.epochs:g} epoch(s)'}, batch {args.batch_size}"
+        f"x{args.gradient_accumulation_steps}, "
         f"lr {args.learning_rate}, LoRA r={args.lora_r}, seed {args.seed}; "
         f"{args.test_questions or 'all'} test questions"
     )

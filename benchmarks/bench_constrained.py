@@ -132,7 +132,7 @@ def measure_model(label: str, generator, questions: list[dict], args, folder: Pa
             flush=True,
         )
         if violations:
-            raise SystemExit(f"{label} extractive: {len(violations)} outputs break the constraint, e.g. {violations[:3]}")
+            raise SystemExit(f"{label} extractive: {len(violations)} outputs break the constraint: {violations[:3]}")
     by_mode = {r["constrain"]: r for r in rows}
     for r in rows:
         r["throughput_vs_none"] = r["q_per_s"] / by_mode["none"]["q_per_s"] if "none" in by_mode else None
