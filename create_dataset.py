@@ -25,7 +25,7 @@ import sys
 from pathlib import Path
 
 from llama_squad.cli import parse_dataclasses, read_recipe, setup_logging
-from llama_squad.io import InputError, atomic_path
+from llama_squad.files import InputError, atomic_path
 from llama_squad.tasks import TASK_MODULES, get_task
 
 logger = logging.getLogger("create_dataset")

@@ -13,7 +13,7 @@ import logging
 import sys
 
 from llama_squad.cli import setup_logging
-from llama_squad.io import InputError
+from llama_squad.files import InputError
 from llama_squad.summary import format_table, plot_summary, summarize_files, write_table
 
 logger = logging.getLogger("summarize_results")

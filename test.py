@@ -75,7 +75,7 @@ class TestArguments:
 def main(argv: list[str] | None = None) -> int:
     args, options = parse_dataclasses([TestArguments, GenerationOptions], argv)
     setup_logging()
-    from llama_squad.io import InputError
+    from llama_squad.files import InputError
 
     try:
         evaluate(args, options)
@@ -90,7 +90,7 @@ def evaluate(args: TestArguments, options: GenerationOptions) -> None:
     from accelerate import PartialState
 
     from llama_squad import distributed, generation, models, results
-    from llama_squad.io import InputError, output_lock
+    from llama_squad.files import InputError, output_lock
     from llama_squad.summary import constraint_label, format_table, metrics_table, run_name
     from llama_squad.tasks import get_task
 

@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     model_args, script_args, config = parse_dataclasses([ModelArguments, ScriptArguments, TrainConfig], argv)
     setup_logging()
     from llama_squad.export import HubAccessError
-    from llama_squad.io import InputError
+    from llama_squad.files import InputError
 
     try:
         train(model_args, script_args, config)
@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
 def train(model_args: ModelArguments, script_args: ScriptArguments, config: TrainConfig) -> None:
     from llama_squad import checkpoints, distributed, export, models, training
     from llama_squad import pause as pause_tokens
-    from llama_squad.io import output_lock
+    from llama_squad.files import output_lock
     from llama_squad.plotting import plot_losses
     from llama_squad.stability import add_fp16_overflow_guard
 

@@ -26,8 +26,8 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-DEV = REPO.parent / "shared" / "data" / "squad_v2" / "dev-v2.0.json"
+from common import DEV, REPO, TEST_ARTICLES, missing_data, print_header, write_json
+
 METRICS = ("exact", "f1", "HasAns_exact", "HasAns_f1", "NoAns_exact", "valid_json", "total")
 
 
@@ -69,7 +69,7 @@ def build_data(args, data_dir: Path) -> list[str]:
     if args.hub_dataset:
         argv += ["--hub_dataset", args.hub_dataset]
     else:
-        argv += ["--train_file", str(DEV), "--test_articles", "25:35"]
+        argv += ["--train_file", str(DEV), "--test_articles", TEST_ARTICLES]
     run(argv)
     return argv
 
@@ -101,8 +101,7 @@ def test_argv(args, data_dir: Path, out: Path) -> list[str]:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    if not args.hub_dataset and not DEV.exists():
-        print(f"{DEV} not found: this benchmark needs ../shared/data beside the checkout", file=sys.stderr)
+    if not args.hub_dataset and missing_data(DEV):
         return 1
     arms = [("no pauses", 0, "assistant")] + [
         (f"{args.pause_tokens} pauses, {position} turn", args.pause_tokens, position) for position in args.positions
@@ -146,8 +145,7 @@ def main(argv=None) -> int:
     )
     header = f"{'arm':<26} {'steps':>5} {'loss':>6} {'EM':>6} {'F1':>6} {'HasAns EM':>9} {'HasAns F1':>9} "
     header += f"{'NoAns EM':>8} {'valid JSON':>10}"
-    print(header)
-    print("-" * len(header))
+    print_header(header)
     for r in rows:
         m = r["metrics"]
         loss = f"{r['final_train_loss']:.3f}" if r["final_train_loss"] is not None else "n/a"
@@ -157,9 +155,7 @@ def main(argv=None) -> int:
         )
     print(f"wall time {time.perf_counter() - start:.0f} s")
     if args.json_out:
-        payload = {"args": vars(args), "data_command": data_command, "arms": rows}
-        Path(args.json_out).write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
-        print(f"wrote {args.json_out}")
+        write_json(args.json_out, {"args": vars(args), "data_command": data_command, "arms": rows})
     return 0
 
 

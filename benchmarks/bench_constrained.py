@@ -19,7 +19,6 @@ object {"answer": "..."} whose answer is "?" or a substring of its question's co
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -27,9 +26,19 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "benchmarks"))
+from common import (
+    DEV,
+    REPO,
+    TEST_ARTICLES,
+    device_name,
+    load_average,
+    load_questions,
+    missing_data,
+    print_header,
+    timed_run,
+    write_json,
+)
+
 MODES = ("none", "json", "extractive")
 THROUGHPUT_GOAL = 0.7  # constrained q/s at least this fraction of `none`'s
 REPORTED = ("valid_json", "exact", "f1", "HasAns_exact", "HasAns_f1", "NoAns_exact", "total")
@@ -56,8 +65,6 @@ def parse_args(argv=None):
 
 def train_adapter(args, work: Path) -> tuple[Path, list[str]]:
     """Build the dev-split dataset and train a LoRA adapter on it with the real scripts; (its folder, commands)."""
-    from bench_eval import DEV, TEST_ARTICLES
-
     data, out = work / "data", work / "adapter"
     commands = []
     if not (data / "dataset_dict.json").exists():
@@ -103,8 +110,6 @@ def extractive_violations(questions: list[dict], outputs: dict[str, str]) -> lis
 
 def measure_model(label: str, generator, questions: list[dict], args, folder: Path) -> list[dict]:
     """Every mode on one loaded model; a row of figures per mode."""
-    from bench_eval import timed_run
-
     from llama_squad.results import read_results, summarize
 
     base_options = generator.options
@@ -144,8 +149,7 @@ def print_table(rows: list[dict]) -> None:
         f"{'model':<10} {'constrain':<10} {'valid JSON':>10} {'EM':>6} {'F1':>6} {'HasAns EM':>9} {'NoAns EM':>8} "
         f"{'q/s':>6} {'vs none':>7}"
     )
-    print(header)
-    print("-" * len(header))
+    print_header(header)
     for r in rows:
         ratio = f"{r['throughput_vs_none']:.2f}x" if r["throughput_vs_none"] is not None else "n/a"
         print(
@@ -156,10 +160,7 @@ def print_table(rows: list[dict]) -> None:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    from bench_eval import DEV, device_name, load_questions
-
-    if not DEV.exists():
-        print(f"{DEV} not found: this benchmark needs ../shared/data beside the checkout", file=sys.stderr)
+    if missing_data(DEV):
         return 1
     import transformers
 
@@ -184,7 +185,7 @@ def main(argv=None) -> int:
 
     print()
     print(
-        f"{device_name()}; load average {os.getloadavg()[0]:.1f}; model {args.model}; {len(questions)} of the "
+        f"{device_name()}; load average {load_average():.1f}; model {args.model}; {len(questions)} of the "
         f"{split_size:,} dev-split test questions; batch {args.batch_size}, greedy, max_new_tokens "
         f"{args.max_new_tokens}; adapter {args.adapter or f'trained on {args.train_questions} questions'}"
     )
@@ -200,8 +201,7 @@ def main(argv=None) -> int:
             "train_commands": train_commands,
             "settings": rows,
         }
-        Path(args.json_out).write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
-        print(f"wrote {args.json_out}")
+        write_json(args.json_out, payload)
     return 0
 
 

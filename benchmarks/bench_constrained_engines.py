@@ -17,8 +17,7 @@ import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from common import DEV
 
 
 def squad_examples(path: Path, n: int, seed: int) -> list[dict]:
@@ -89,7 +88,7 @@ def library_processors(model, tokenizer, stop_ids):
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--squad_file", default=str(REPO.parent / "shared" / "data" / "squad_v2" / "dev-v2.0.json"))
+    parser.add_argument("--squad_file", default=str(DEV))
     parser.add_argument("--model_name_or_path", default="embedded")
     parser.add_argument("--questions", type=int, default=64)
     parser.add_argument("--batch_size", type=int, default=16)

@@ -12,16 +12,13 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-DEV = REPO.parent / "shared" / "data" / "squad_v2" / "dev-v2.0.json"
+from common import DEV, dev_split, missing_data
 
 
 def ours(tmp: Path) -> int:
-    from llama_squad.io import atomic_path
-    from llama_squad.tasks.squad_v2 import Arguments, build_dataset
+    from llama_squad.files import atomic_path
 
-    dataset = build_dataset(Arguments(task="squad_v2", output_dir="", train_file=str(DEV), test_articles="25:35"))
+    dataset = dev_split()
     with atomic_path(tmp / "ours", is_dir=True) as out:
         dataset.save_to_disk(str(out))
     return sum(len(s) for s in dataset.values())
@@ -68,8 +65,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
-    if not DEV.exists():
-        print(f"{DEV} not found: this benchmark needs ../shared/data beside the checkout", file=sys.stderr)
+    if missing_data(DEV):
         return 1
     import logging
 

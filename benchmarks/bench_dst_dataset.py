@@ -14,13 +14,10 @@ import argparse
 import resource
 import sys
 import tempfile
-import time
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-TEST = REPO.parent / "shared" / "data" / "multiwoz21" / "test.json.zip"
-SMOLLM2 = REPO.parent / "shared" / "tokenizers" / "smollm2-135m-instruct"
+from common import MULTIWOZ21, SMOLLM2, best_time, missing_data
+
+TEST = MULTIWOZ21 / "test.json.zip"
 
 
 def ours(dialogues, questions, counter, max_length: int):
@@ -61,15 +58,6 @@ def baseline(dialogues, questions, counter, max_length: int):
     return Dataset.from_list(rows)
 
 
-def timed(fn, repeats: int, *args) -> tuple[float, object]:
-    best, result = float("inf"), None
-    for _ in range(repeats):
-        start = time.perf_counter()
-        result = fn(*args)
-        best = min(best, time.perf_counter() - start)
-    return best, result
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--max_length", type=int, default=1024)
@@ -77,8 +65,7 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--tokenizer", default=str(SMOLLM2) if SMOLLM2.exists() else "embedded")
     args = parser.parse_args()
-    if not TEST.exists():
-        print(f"{TEST} not found: this benchmark needs ../shared/data beside the checkout", file=sys.stderr)
+    if missing_data(TEST):
         return 1
     import logging
 
@@ -90,15 +77,15 @@ def main() -> int:
 
     counter = load_token_counter(args.tokenizer)
     questions = make_questions(default_slots(), "slot", False)
-    read_s, dialogues = timed(read_dialogues, 1, TEST)
+    read_s, dialogues = best_time(read_dialogues, 1, TEST)
     subset = dialogues[: args.baseline_dialogues]
 
-    base_s, base = timed(baseline, args.repeats, subset, questions, counter, args.max_length)
-    sub_s, sub = timed(ours, args.repeats, subset, questions, counter, args.max_length)
+    base_s, base = best_time(baseline, args.repeats, subset, questions, counter, args.max_length)
+    sub_s, sub = best_time(ours, args.repeats, subset, questions, counter, args.max_length)
     assert base["prompt"] == sub["prompt"] and base["completion"] == sub["completion"], "not the same examples"
-    full_s, full = timed(ours, args.repeats, dialogues, questions, counter, args.max_length)
+    full_s, full = best_time(ours, args.repeats, dialogues, questions, counter, args.max_length)
     with tempfile.TemporaryDirectory() as tmp:
-        save_s, _ = timed(full.save_to_disk, 1, tmp)
+        save_s, _ = best_time(full.save_to_disk, 1, tmp)
 
     turns = sum(len(d.states) for d in dialogues)
     print(f"dialogues / turns / questions  {len(dialogues)} / {turns} / {len(full)}  (--max_length {args.max_length})")

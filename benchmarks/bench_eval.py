@@ -51,278 +51,32 @@ about the GPU ratio.
 """
 
 import argparse
-import json
-import os
 import platform
-import random
-import resource
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-DEV = REPO.parent / "shared" / "data" / "squad_v2" / "dev-v2.0.json"
-SMOLLM2 = REPO.parent / "shared" / "tokenizers" / "smollm2-135m-instruct"
-TEST_ARTICLES = "25:35"
+from common import (
+    DEV,
+    MULTIWOZ21,
+    device_name,
+    load_average,
+    load_line,
+    load_model,
+    load_questions,
+    missing_data,
+    proc_status_kib,
+    reset_peak_rss,
+    timed_run,
+    write_json,
+)
+
 GOAL = 20.0
-
-
-# ---------------------------------------------------------------------------------------------------- setup
-
-
-def load_questions(limit: int | None, seed: int | None, prompt: str = "single_turn") -> tuple[list[dict], int]:
-    """(the first ``limit`` dev-split test questions after a seeded shuffle, or in the split's order when ``seed`` is
-    None; how many the split holds)."""
-    from datasets.utils.logging import disable_progress_bar
-
-    from llama_squad.tasks.squad_v2 import Arguments, build_dataset
-
-    disable_progress_bar()
-    options = Arguments(
-        task="squad_v2", output_dir="", train_file=str(DEV), test_articles=TEST_ARTICLES, prompt=prompt
-    )
-    dataset = build_dataset(options)
-    questions = [dict(row) for row in dataset["test"]]
-    if seed is not None:
-        random.Random(seed).shuffle(questions)
-    return questions[:limit], len(questions)
-
-
-def tiny_model(device: str):
-    """A random 4-layer Llama (hidden 256) with the real SmolLM2 tokenizer; weights large enough to vary answers."""
-    from llama_squad.models import load_tokenizer, random_llama, resolve_dtype
-
-    tokenizer = load_tokenizer(SMOLLM2, padding_side="left")
-    model = random_llama(
-        tokenizer,
-        hidden_size=256,
-        intermediate_size=512,
-        num_hidden_layers=4,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=8192,
-        initializer_range=0.3,
-    )
-    return model.to(device=device, dtype=resolve_dtype("auto")).eval(), tokenizer
-
-
-def load_model(name: str):
-    import torch
-
-    if name == "tiny":
-        return tiny_model("cuda" if torch.cuda.is_available() else "cpu")
-    from llama_squad.models import load_for_inference
-
-    return load_for_inference(name)  # the GPU and bfloat16 when there is one, float32 on the CPU
-
-
-def device_name() -> str:
-    import torch
-
-    if torch.cuda.is_available():
-        return torch.cuda.get_device_name(0)
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"CPU {cpu}, {torch.get_num_threads()} threads"
-
-
-# ---------------------------------------------------------------------------------------------------- timing
-
-
-def peak_memory_mib() -> float:
-    import torch
-
-    if torch.cuda.is_available():
-        return torch.cuda.max_memory_allocated() / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-
-
-def timed_run(generator, questions: list[dict], batch_size: int, folder: Path, label: str) -> dict:
-    """Warm up, then time ``run_generation`` end to end; its figures and raw outputs by id."""
-    import torch
-
-    from llama_squad.generation import GenerationOptions, Generator, run_generation
-    from llama_squad.results import read_results
-
-    warm = Generator(generator.model, generator.tokenizer, GenerationOptions(max_new_tokens=2))
-    prompt = warm.prompt_ids(questions[0]["prompt"], last_turn=True)[0]
-    warm.generate([prompt] * min(batch_size, len(questions)))
-    cuda = torch.cuda.is_available()
-    if cuda:
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-    output_csv = folder / label / "results.csv"
-    start = time.perf_counter()
-    answered, _ = run_generation(generator, questions, output_csv, batch_size, progress=sys.stderr.isatty())
-    if cuda:
-        torch.cuda.synchronize()
-    seconds = time.perf_counter() - start
-    results = read_results(output_csv)
-    written = results["example_id"].nunique()  # a MultiWOZ domain question has a row per slot
-    if answered != len(questions) or written != len(questions):
-        raise RuntimeError(f"{label}: answered {answered} and wrote {written} of {len(questions)} questions")
-    tokens = int(results["completion_tokens"].sum())
-    return {
-        "questions": answered,
-        "batch_size": batch_size,
-        "seconds": seconds,
-        "questions_per_s": answered / seconds,
-        "generated_tokens": tokens,
-        "tokens_per_s": tokens / seconds,
-        "mean_prompt_tokens": float(results["prompt_tokens"].mean()),
-        "peak_memory_mib": peak_memory_mib(),
-        "outputs": dict(zip(results["id"], results["raw_output"], strict=True)),
-    }
-
-
-def row(label: str, run: dict) -> str:
-    return (
-        f"  {label:<16} {run['questions']:>9,} {run['batch_size']:>5} {run['seconds']:>9.1f} "
-        f"{run['questions_per_s']:>11.2f} {run['generated_tokens']:>10,} {run['tokens_per_s']:>9.0f} "
-        f"{run['mean_prompt_tokens']:>11.0f} {run['peak_memory_mib']:>9,.0f}"
-    )
-
-
-# ---------------------------------------------------------------------------------------------------- multiwoz
-
-MULTIWOZ = REPO.parent / "shared" / "data" / "multiwoz21"
 QUESTIONS_PER_TURN = {"slot": 30, "domain": 5}
 TEST_TURNS_21 = 7372  # user turns of the MultiWOZ 2.1 test split
 
 
-def reset_peak_rss() -> None:
-    """Start a new peak for VmHWM (Linux: writing 5 to clear_refs resets it)."""
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-    except OSError:
-        pass
-
-
-def peak_rss_mib() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
-
-
-def load_turns(granularity: str, turns: int) -> list[dict]:
-    """The questions of the first ``turns`` user turns of the MultiWOZ 2.1 test split, as create_dataset.py builds."""
-    from datasets.utils.logging import disable_progress_bar
-
-    from llama_squad.tasks.multiwoz import Arguments, build_dataset
-
-    disable_progress_bar()
-    per_turn = QUESTIONS_PER_TURN[granularity]
-    dialogues = max(2, turns // 6 + 2)  # ~7 user turns a dialogue: enough dialogues for the turns asked
-    options = Arguments(
-        task="multiwoz", output_dir="", train_file=str(MULTIWOZ / "val.json.zip"),
-        test_file=str(MULTIWOZ / "test.json.zip"), granularity=granularity, max_dialogues_per_split=dialogues,
-    )  # fmt: skip
-    test = build_dataset(options)["test"]
-    return [dict(row) for row in test.select(range(min(len(test), turns * per_turn)))]
-
-
-def sharing_main(args) -> int:
-    """Prefix sharing against the unshared path on the same questions: MultiWOZ turns, or multi-turn SQuAD prompts."""
-    import logging
-
-    import torch
-    import transformers
-
-    from llama_squad.cli import setup_logging
-    from llama_squad.generation import GenerationOptions, Generator
-
-    needed = MULTIWOZ / "test.json.zip" if args.task == "multiwoz" else DEV
-    if not needed.exists():
-        print(f"{needed} not found: this benchmark needs ../shared/data beside the checkout", file=sys.stderr)
-        return 1
-    setup_logging(logging.WARNING)
-    cuda = torch.cuda.is_available()
-    load_before = os.getloadavg()[0]
-    if args.task == "multiwoz":
-        batch_size = args.batch_size or (QUESTIONS_PER_TURN[args.granularity] * (4 if cuda else 1))
-        max_new_tokens = args.max_new_tokens or 24
-        questions = load_turns(args.granularity, args.turns)
-        turns = len({(q["dialogue_id"], q["turn"]) for q in questions})
-        what = f"{len(questions):,} ({args.granularity} level) of the first {turns} test turns of MultiWOZ 2.1"
-    else:  # the first questions of the dev-split test articles, in order (a paragraph's questions together)
-        batch_size = args.batch_size or (64 if cuda else 16)
-        max_new_tokens = args.max_new_tokens or 24
-        questions, total = load_questions(args.limit or 64, None, args.prompt)
-        turns = None
-        what = f"the first {len(questions):,} of the {total:,} dev-split test questions, {args.prompt} prompts"
-    model, tokenizer = load_model(args.model)
-    runs = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        for label, share in (("unshared", False), ("shared", True)):
-            generator = Generator(
-                model, tokenizer, GenerationOptions(max_new_tokens=max_new_tokens, share_prefix=share)
-            )
-            reset_peak_rss()
-            run = timed_run(generator, questions, batch_size, Path(tmp), label)
-            run["peak_memory_mib"] = torch.cuda.max_memory_allocated() / 2**20 if cuda else peak_rss_mib()
-            runs[label] = run
-    load_after = os.getloadavg()[0]
-    unshared, shared = runs["unshared"], runs["shared"]
-    same = sum(shared["outputs"][qid] == text for qid, text in unshared["outputs"].items())
-    speedup = shared["questions_per_s"] / unshared["questions_per_s"]
-    figures = {
-        "task": args.task,
-        "granularity": args.granularity if args.task == "multiwoz" else None,
-        "prompt": args.prompt if args.task == "squad_v2" else None,
-        "device": device_name(),
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "model": args.model,
-        "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
-        "max_new_tokens": max_new_tokens,
-        "batch_size": batch_size,
-        "turns": turns,
-        "questions": len(questions),
-        "speedup": speedup,
-        "identical_outputs": same == len(unshared["outputs"]),
-        "identical_count": same,
-        "load_average_1min": [load_before, load_after],
-        **{name: {k: v for k, v in run.items() if k != "outputs"} for name, run in runs.items()},
-    }
-    if turns:
-        figures["seconds_per_turn_shared"] = shared["seconds"] / turns
-        figures["seconds_per_turn_unshared"] = unshared["seconds"] / turns
-        figures["projected_test_split_hours_shared"] = shared["seconds"] / turns * TEST_TURNS_21 / 3600
-        figures["projected_test_split_hours_unshared"] = unshared["seconds"] / turns * TEST_TURNS_21 / 3600
-    print(f"device: {figures['device']} | torch {torch.__version__}, transformers {transformers.__version__}")
-    print(f"1-min load average: {load_before:.1f} at the start, {load_after:.1f} at the end ({os.cpu_count()} cores)")
-    print(f"model: {args.model} ({figures['dtype']}), greedy, max_new_tokens {max_new_tokens}, batch {batch_size}")
-    print(f"questions: {what}")
-    memory = "peak MiB" if cuda else "peak RSS MiB"
-    print(f"  {'':<16} {'questions':>9} {'batch':>5} {'seconds':>9} {'questions/s':>11} {'gen tokens':>10} "
-          f"{'tokens/s':>9} {'mean prompt':>11} {memory:>9}")  # fmt: skip
-    print(row("unshared", unshared))
-    print(row("shared prefix", shared))
-    print(f"  speed-up: {speedup:.2f}x questions/s; identical greedy answers: {same}/{len(unshared['outputs'])} rows")
-    if turns:
-        print(f"  per turn: {figures['seconds_per_turn_unshared']:.2f} s unshared, "
-              f"{figures['seconds_per_turn_shared']:.2f} s shared; the {TEST_TURNS_21:,} test turns: "
-              f"{figures['projected_test_split_hours_unshared']:.1f} h unshared, "
-              f"{figures['projected_test_split_hours_shared']:.1f} h shared on this machine")  # fmt: skip
-    if args.json_out:
-        Path(args.json_out).write_text(json.dumps(figures, indent=2) + "\n", encoding="utf-8")
-        print(f"wrote {args.json_out}")
-    return 0
-
-
-# ---------------------------------------------------------------------------------------------------- main
-
-
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="tiny", help="tiny (random Llama), embedded (SmolLM2-135M), or a folder.")
     parser.add_argument("--limit", type=int, default=None, help="Questions (default: all on a GPU, 128 on a CPU).")
@@ -344,17 +98,100 @@ def main(argv: list[str] | None = None) -> int:
         default="single_turn",
         help="SQuAD prompts; multi_turn compares prefix sharing (each turn from the previous turn's cache) instead.",
     )
-    args = parser.parse_args(argv)
-    if args.task == "multiwoz" or args.prompt == "multi_turn":
-        return sharing_main(args)
-    if not DEV.exists():
-        print(f"{DEV} not found: this benchmark needs ../shared/data beside the checkout", file=sys.stderr)
-        return 1
+    return parser.parse_args(argv)
 
+
+def row(label: str, run: dict) -> str:
+    return (
+        f"  {label:<16} {run['questions']:>9,} {run['batch_size']:>5} {run['seconds']:>9.1f} "
+        f"{run['questions_per_s']:>11.2f} {run['generated_tokens']:>10,} {run['tokens_per_s']:>9.0f} "
+        f"{run['mean_prompt_tokens']:>11.0f} {run['peak_memory_mib']:>9,.0f}"
+    )
+
+
+def print_table_header(memory: str) -> None:
+    print(f"  {'':<16} {'questions':>9} {'batch':>5} {'seconds':>9} {'questions/s':>11} {'gen tokens':>10} "
+          f"{'tokens/s':>9} {'mean prompt':>11} {memory:>9}")  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------------------- batching
+
+
+def batching_runs(generator, questions: list[dict], baseline_questions: list[dict], batch_size: int) -> dict:
+    """Batch-1 first (so the CPU's max RSS after it is its own), then ours on its questions and on all."""
+    with tempfile.TemporaryDirectory() as tmp:
+        runs = {"baseline": timed_run(generator, baseline_questions, 1, Path(tmp), "baseline")}
+        if len(baseline_questions) < len(questions):
+            runs["ours_subset"] = timed_run(generator, baseline_questions, batch_size, Path(tmp), "ours_subset")
+        runs["ours"] = timed_run(generator, questions, batch_size, Path(tmp), "ours")
+    return runs
+
+
+def batching_figures(args, model, runs: dict, max_new_tokens: int, load: list[float]) -> dict:
+    """The ratios and the agreement of the greedy answers, with the setting they were measured in."""
+    import torch
+    import transformers
+
+    base, ours = runs["baseline"], runs["ours"]
+    like_for_like = runs.get("ours_subset", ours)
+    same = sum(ours["outputs"][qid] == text for qid, text in base["outputs"].items())
+    return {
+        "device": device_name(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "python": platform.python_version(),
+        "model": args.model,
+        "parameters_m": round(model.num_parameters() / 1e6, 1),
+        "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
+        "max_new_tokens": max_new_tokens,
+        "seed": args.seed,
+        "load_average_1min": load,
+        "speedup_same_questions": like_for_like["questions_per_s"] / base["questions_per_s"],
+        "speedup_all_vs_baseline": ours["questions_per_s"] / base["questions_per_s"],
+        "identical_outputs": same,
+        "compared_outputs": len(base["outputs"]),
+        **{name: {k: v for k, v in run.items() if k != "outputs"} for name, run in runs.items()},
+    }
+
+
+def print_batching_report(args, figures: dict, runs: dict, model, total: int, cuda: bool) -> None:
+    import torch
+    import transformers
+
+    base, ours = runs["baseline"], runs["ours"]
+    n_base, n_all = base["questions"], ours["questions"]
+    params, dtype = model.num_parameters() / 1e6, figures["dtype"]
+    print(f"device: {figures['device']} | torch {torch.__version__}, transformers {transformers.__version__}, "
+          f"python {figures['python']}")  # fmt: skip
+    print(load_line(*figures["load_average_1min"]))
+    print(f"model: {args.model} ({params:.1f}M parameters, {dtype} on {model.device}), greedy, "
+          f"max_new_tokens {figures['max_new_tokens']}")  # fmt: skip
+    print(f"questions: {n_all:,} of the {total:,} dev-split test questions (seed {args.seed}); "
+          f"baseline on the first {n_base:,}")  # fmt: skip
+    print_table_header("peak MiB" if cuda else "max RSS MiB")
+    print(row("baseline (b=1)", base))
+    if "ours_subset" in runs:
+        print(row("ours (subset)", runs["ours_subset"]))
+    print(row("ours", ours))
+    print(f"  speed-up on the same {n_base:,} questions: {figures['speedup_same_questions']:.1f}x")
+    if "ours_subset" in runs:
+        print(f"  speed-up, ours on all {n_all:,} vs baseline on {n_base:,}: "
+              f"{figures['speedup_all_vs_baseline']:.1f}x")  # fmt: skip
+    print(f"  identical greedy answers (raw_output): {figures['identical_outputs']}/{len(base['outputs'])}")
+    if cuda:
+        verdict = "met" if figures["speedup_same_questions"] >= GOAL else "NOT met"
+        print(f"  goal on a GPU: >= {GOAL:g}x questions/s: {verdict}")
+    else:
+        print(f"  (the >= {GOAL:g}x goal is for a GPU; on a CPU the ratio is for information)")
+
+
+def batching_main(args) -> int:
+    """test.py's batched generation against batch-1 generation on the same SQuAD questions."""
+    if missing_data(DEV):
+        return 1
     import logging
 
     import torch
-    import transformers
 
     from llama_squad.cli import setup_logging
     from llama_squad.generation import GenerationOptions, Generator
@@ -364,77 +201,169 @@ def main(argv: list[str] | None = None) -> int:
     limit = args.limit or (None if cuda else 128)
     batch_size = args.batch_size or (64 if cuda else 16)
     max_new_tokens = args.max_new_tokens or (24 if args.model == "tiny" else GenerationOptions.max_new_tokens)
-
-    load_before = os.getloadavg()[0]  # other processes on the machine skew CPU timings: say how busy it was
+    load_before = load_average()
 
     # 1. The questions and the model.
     questions, total = load_questions(limit, args.seed)
     baseline_questions = questions[: args.baseline_limit or len(questions)]
     model, tokenizer = load_model(args.model)
     generator = Generator(model, tokenizer, GenerationOptions(max_new_tokens=max_new_tokens))
-    dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
-    params = model.num_parameters() / 1e6
 
-    # 2. Batch-1 first (so the CPU's max RSS after it is its own), then ours on its questions and on all.
-    with tempfile.TemporaryDirectory() as tmp:
-        runs = {"baseline": timed_run(generator, baseline_questions, 1, Path(tmp), "baseline")}
-        if len(baseline_questions) < len(questions):
-            runs["ours_subset"] = timed_run(generator, baseline_questions, batch_size, Path(tmp), "ours_subset")
-        runs["ours"] = timed_run(generator, questions, batch_size, Path(tmp), "ours")
-
-    load_after = os.getloadavg()[0]
+    # 2. Batch-1, then ours.
+    runs = batching_runs(generator, questions, baseline_questions, batch_size)
 
     # 3. Ratios and agreement of the greedy answers.
-    base, ours = runs["baseline"], runs["ours"]
-    like_for_like = runs.get("ours_subset", ours)
-    same = sum(ours["outputs"][qid] == text for qid, text in base["outputs"].items())
+    figures = batching_figures(args, model, runs, max_new_tokens, [load_before, load_average()])
+    print_batching_report(args, figures, runs, model, total, cuda)
+    if args.json_out:
+        write_json(args.json_out, figures)
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------------- sharing
+
+
+def load_turns(granularity: str, turns: int) -> list[dict]:
+    """The questions of the first ``turns`` user turns of the MultiWOZ 2.1 test split, as create_dataset.py builds."""
+    from datasets.utils.logging import disable_progress_bar
+
+    from llama_squad.tasks.multiwoz import Arguments, build_dataset
+
+    disable_progress_bar()
+    per_turn = QUESTIONS_PER_TURN[granularity]
+    dialogues = max(2, turns // 6 + 2)  # ~7 user turns a dialogue: enough dialogues for the turns asked
+    options = Arguments(
+        task="multiwoz", output_dir="", train_file=str(MULTIWOZ21 / "val.json.zip"),
+        test_file=str(MULTIWOZ21 / "test.json.zip"), granularity=granularity, max_dialogues_per_split=dialogues,
+    )  # fmt: skip
+    test = build_dataset(options)["test"]
+    return [dict(row) for row in test.select(range(min(len(test), turns * per_turn)))]
+
+
+def sharing_questions(args, cuda: bool) -> tuple[list[dict], int, int, int | None, str]:
+    """(questions, batch size, max_new_tokens, user turns (MultiWOZ), what the questions are, for the report)."""
+    max_new_tokens = args.max_new_tokens or 24
+    if args.task == "multiwoz":
+        batch_size = args.batch_size or (QUESTIONS_PER_TURN[args.granularity] * (4 if cuda else 1))
+        questions = load_turns(args.granularity, args.turns)
+        turns = len({(q["dialogue_id"], q["turn"]) for q in questions})
+        what = f"{len(questions):,} ({args.granularity} level) of the first {turns} test turns of MultiWOZ 2.1"
+        return questions, batch_size, max_new_tokens, turns, what
+    # the first questions of the dev-split test articles, in order (a paragraph's questions together)
+    batch_size = args.batch_size or (64 if cuda else 16)
+    questions, total = load_questions(args.limit or 64, None, args.prompt)
+    what = f"the first {len(questions):,} of the {total:,} dev-split test questions, {args.prompt} prompts"
+    return questions, batch_size, max_new_tokens, None, what
+
+
+def sharing_runs(model, tokenizer, questions: list[dict], batch_size: int, max_new_tokens: int, cuda: bool) -> dict:
+    """The unshared path, then prefix sharing, on the same questions; peak memory of each run."""
+    import torch
+
+    from llama_squad.generation import GenerationOptions, Generator
+
+    runs = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for label, share in (("unshared", False), ("shared", True)):
+            generator = Generator(
+                model, tokenizer, GenerationOptions(max_new_tokens=max_new_tokens, share_prefix=share)
+            )
+            reset_peak_rss()
+            run = timed_run(generator, questions, batch_size, Path(tmp), label)
+            run["peak_memory_mib"] = torch.cuda.max_memory_allocated() / 2**20 if cuda else peak_rss_mib()
+            runs[label] = run
+    return runs
+
+
+def peak_rss_mib() -> float:
+    kib = proc_status_kib("VmHWM")
+    return kib / 1024 if kib is not None else float("nan")
+
+
+def sharing_figures(args, model, runs: dict, setting: dict, turns: int | None, load: list[float]) -> dict:
+    """The speed-up of sharing and the agreement of the greedy answers, with the setting they were measured in."""
+    import torch
+    import transformers
+
+    unshared, shared = runs["unshared"], runs["shared"]
+    same = sum(shared["outputs"][qid] == text for qid, text in unshared["outputs"].items())
     figures = {
+        "task": args.task,
+        "granularity": args.granularity if args.task == "multiwoz" else None,
+        "prompt": args.prompt if args.task == "squad_v2" else None,
         "device": device_name(),
         "torch": torch.__version__,
         "transformers": transformers.__version__,
-        "python": platform.python_version(),
         "model": args.model,
-        "parameters_m": round(params, 1),
-        "dtype": dtype,
-        "max_new_tokens": max_new_tokens,
-        "seed": args.seed,
-        "load_average_1min": [load_before, load_after],
-        "speedup_same_questions": like_for_like["questions_per_s"] / base["questions_per_s"],
-        "speedup_all_vs_baseline": ours["questions_per_s"] / base["questions_per_s"],
-        "identical_outputs": same,
-        "compared_outputs": len(base["outputs"]),
+        "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
+        **setting,
+        "turns": turns,
+        "questions": unshared["questions"],
+        "speedup": shared["questions_per_s"] / unshared["questions_per_s"],
+        "identical_outputs": same == len(unshared["outputs"]),
+        "identical_count": same,
+        "load_average_1min": load,
         **{name: {k: v for k, v in run.items() if k != "outputs"} for name, run in runs.items()},
     }
+    if turns:
+        figures["seconds_per_turn_shared"] = shared["seconds"] / turns
+        figures["seconds_per_turn_unshared"] = unshared["seconds"] / turns
+        figures["projected_test_split_hours_shared"] = shared["seconds"] / turns * TEST_TURNS_21 / 3600
+        figures["projected_test_split_hours_unshared"] = unshared["seconds"] / turns * TEST_TURNS_21 / 3600
+    return figures
 
-    print(f"device: {figures['device']} | torch {torch.__version__}, transformers {transformers.__version__}, "
-          f"python {figures['python']}")  # fmt: skip
-    print(f"1-min load average: {load_before:.1f} at the start, {load_after:.1f} at the end ({os.cpu_count()} cores)")
-    print(f"model: {args.model} ({params:.1f}M parameters, {dtype} on {model.device}), greedy, "
-          f"max_new_tokens {max_new_tokens}")  # fmt: skip
-    print(f"questions: {len(questions):,} of the {total:,} dev-split test questions (seed {args.seed}); "
-          f"baseline on the first {len(baseline_questions):,}")  # fmt: skip
-    memory = "peak MiB" if cuda else "max RSS MiB"
-    print(f"  {'':<16} {'questions':>9} {'batch':>5} {'seconds':>9} {'questions/s':>11} {'gen tokens':>10} "
-          f"{'tokens/s':>9} {'mean prompt':>11} {memory:>9}")  # fmt: skip
-    print(row("baseline (b=1)", base))
-    if "ours_subset" in runs:
-        print(row("ours (subset)", runs["ours_subset"]))
-    print(row("ours", ours))
-    n_base = len(baseline_questions)
-    print(f"  speed-up on the same {n_base:,} questions: {figures['speedup_same_questions']:.1f}x")
-    if "ours_subset" in runs:
-        print(f"  speed-up, ours on all {len(questions):,} vs baseline on {n_base:,}: "
-              f"{figures['speedup_all_vs_baseline']:.1f}x")  # fmt: skip
-    print(f"  identical greedy answers (raw_output): {same}/{len(base['outputs'])}")
-    if cuda:
-        verdict = "met" if figures["speedup_same_questions"] >= GOAL else "NOT met"
-        print(f"  goal on a GPU: >= {GOAL:g}x questions/s: {verdict}")
-    else:
-        print(f"  (the >= {GOAL:g}x goal is for a GPU; on a CPU the ratio is for information)")
+
+def print_sharing_report(args, figures: dict, runs: dict, what: str, cuda: bool) -> None:
+    import torch
+    import transformers
+
+    unshared, shared = runs["unshared"], runs["shared"]
+    print(f"device: {figures['device']} | torch {torch.__version__}, transformers {transformers.__version__}")
+    print(load_line(*figures["load_average_1min"]))
+    print(f"model: {args.model} ({figures['dtype']}), greedy, max_new_tokens {figures['max_new_tokens']}, "
+          f"batch {figures['batch_size']}")  # fmt: skip
+    print(f"questions: {what}")
+    print_table_header("peak MiB" if cuda else "peak RSS MiB")
+    print(row("unshared", unshared))
+    print(row("shared prefix", shared))
+    print(f"  speed-up: {figures['speedup']:.2f}x questions/s; identical greedy answers: "
+          f"{figures['identical_count']}/{len(unshared['outputs'])} rows")  # fmt: skip
+    if figures["turns"]:
+        print(f"  per turn: {figures['seconds_per_turn_unshared']:.2f} s unshared, "
+              f"{figures['seconds_per_turn_shared']:.2f} s shared; the {TEST_TURNS_21:,} test turns: "
+              f"{figures['projected_test_split_hours_unshared']:.1f} h unshared, "
+              f"{figures['projected_test_split_hours_shared']:.1f} h shared on this machine")  # fmt: skip
+
+
+def sharing_main(args) -> int:
+    """Prefix sharing against the unshared path on the same questions: MultiWOZ turns, or multi-turn SQuAD prompts."""
+    if missing_data(MULTIWOZ21 / "test.json.zip" if args.task == "multiwoz" else DEV):
+        return 1
+    import logging
+
+    import torch
+
+    from llama_squad.cli import setup_logging
+
+    setup_logging(logging.WARNING)
+    cuda = torch.cuda.is_available()
+    load_before = load_average()
+    questions, batch_size, max_new_tokens, turns, what = sharing_questions(args, cuda)
+    model, tokenizer = load_model(args.model)
+    runs = sharing_runs(model, tokenizer, questions, batch_size, max_new_tokens, cuda)
+    setting = {"max_new_tokens": max_new_tokens, "batch_size": batch_size}
+    figures = sharing_figures(args, model, runs, setting, turns, [load_before, load_average()])
+    print_sharing_report(args, figures, runs, what, cuda)
     if args.json_out:
-        Path(args.json_out).write_text(json.dumps(figures, indent=2) + "\n", encoding="utf-8")
-        print(f"wrote {args.json_out}")
+        write_json(args.json_out, figures)
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.task == "multiwoz" or args.prompt == "multi_turn":
+        return sharing_main(args)
+    return batching_main(args)
 
 
 if __name__ == "__main__":

@@ -15,14 +15,11 @@ import json
 import re
 import string
 import sys
-import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-SQUAD = REPO.parent / "shared" / "data" / "squad_v2"
-DEV = SQUAD / "dev-v2.0.json"
-PREDICTIONS = SQUAD / "predictions" / "bidaf_sa_elmo_allenai.json"
+from common import DEV, best_time
+
+PREDICTIONS = DEV.parent / "predictions" / "bidaf_sa_elmo_allenai.json"
 REQUIREMENT_S = 1.0
 
 
@@ -81,19 +78,6 @@ def baseline_evaluate(data, predictions):
             result[f"{prefix}_f1"] = 100.0 * sum(f1[q] for q in qids) / len(qids)
             result[f"{prefix}_total"] = len(qids)
     return result
-
-
-# ---------------------------------------------------------------------------------------------------- timing
-
-
-def best_time(function, repeats: int):
-    """(best wall time in seconds over ``repeats`` runs, the last result)."""
-    best, result = float("inf"), None
-    for _ in range(repeats):
-        start = time.perf_counter()
-        result = function()
-        best = min(best, time.perf_counter() - start)
-    return best, result
 
 
 def main(argv: list[str] | None = None) -> int:

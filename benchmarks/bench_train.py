@@ -49,17 +49,41 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-SHARED = REPO.parent / "shared"
-DEV = SHARED / "data" / "squad_v2" / "dev-v2.0.json"
-TOKENIZERS = SHARED / "tokenizers"
+from common import (
+    DEV,
+    REPO,
+    SMOLLM2,
+    TOKENIZERS,
+    dev_split,
+    missing_data,
+    print_header,
+    proc_status_kib,
+    quiet,
+    reset_peak_rss,
+    write_json,
+)
 
 MODELS = ("tiny", "embedded", "llama-3.2-1b-shape")
 VARIANTS = ("baseline", "dynamic", "grouped", "packing")
 DEFAULT_TOKENIZER = {
-    "tiny": TOKENIZERS / "smollm2-135m-instruct",
+    "tiny": SMOLLM2,
     "llama-3.2-1b-shape": TOKENIZERS / "meta-llama-3-8b-instruct",
+}
+# LlamaConfig fields of the random models.
+SHAPES = {
+    "tiny": dict(
+        hidden_size=128, intermediate_size=512, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2
+    ),
+    "llama-3.2-1b-shape": dict(
+        hidden_size=2048,
+        intermediate_size=8192,
+        num_hidden_layers=16,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        head_dim=64,
+        rope_theta=500000.0,
+        rms_norm_eps=1e-5,
+    ),
 }
 # Dense bf16 tensor-core peaks (TFLOP/s) by device name, most specific first.
 PEAK_BF16_TFLOPS = (
@@ -101,19 +125,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def quiet() -> None:
-    import logging
-    import warnings
-
-    logging.disable(logging.WARNING)
-    warnings.filterwarnings("ignore")
-    from datasets.utils.logging import disable_progress_bar
-    from transformers.utils import logging as hf_logging
-
-    disable_progress_bar()
-    hf_logging.set_verbosity_error()
-
-
 # ---------------------------------------------------------------------------------------------------------- model
 
 
@@ -129,24 +140,11 @@ def build_model(args, tokenizer):
     """The model to train, in bf16 on a GPU that supports it, float32 on the CPU; random ones seeded."""
     import torch
 
-    from llama_squad.models import load_model, random_llama, resolve_dtype, resolve_model_path
+    from llama_squad.models import load_model, resolve_dtype, resolve_model_path
+    from llama_squad.testing import random_llama
 
     if args.model == "embedded":
         return load_model(resolve_model_path("embedded"), attn_implementation=args.attn_implementation)
-    shape = (
-        dict(hidden_size=128, intermediate_size=512, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2)
-        if args.model == "tiny"
-        else dict(
-            hidden_size=2048,
-            intermediate_size=8192,
-            num_hidden_layers=16,
-            num_attention_heads=32,
-            num_key_value_heads=8,
-            head_dim=64,
-            rope_theta=500000.0,
-            rms_norm_eps=1e-5,
-        )
-    )
     return random_llama(
         tokenizer,
         seed=args.seed,
@@ -154,7 +152,7 @@ def build_model(args, tokenizer):
         device="cuda" if torch.cuda.is_available() else "cpu",
         attn_implementation=args.attn_implementation,
         max_position_embeddings=max(2048, args.max_length),
-        **shape,
+        **SHAPES[args.model],
     )
 
 
@@ -173,11 +171,9 @@ def prepare_data(args, folder: Path) -> dict:
     import statistics
 
     from llama_squad.models import load_tokenizer
-    from llama_squad.tasks.squad_v2 import Arguments, build_dataset
     from llama_squad.tokenization import tokenize_dataset
 
-    train = build_dataset(Arguments(task="squad_v2", output_dir="", train_file=str(DEV), test_articles="25:35"))
-    train = train["train"].shuffle(seed=args.seed)
+    train = dev_split()["train"].shuffle(seed=args.seed)
     train = train.select(range(min(args.examples, len(train))))
     tokenizer = load_tokenizer(tokenizer_path(args))
     tokenized, dropped = tokenize_dataset(train, tokenizer, args.max_length)
@@ -261,10 +257,7 @@ class Memory:
             torch.cuda.reset_peak_memory_stats()
             self.before = torch.cuda.memory_allocated()
             return
-        try:  # "5" resets the peak RSS (Linux >= 4.0)
-            Path("/proc/self/clear_refs").write_text("5")
-        except OSError:
-            pass
+        reset_peak_rss()
         self.before = self._status("VmRSS")
 
     def peak(self) -> int:
@@ -277,12 +270,65 @@ class Memory:
 
     @staticmethod
     def _status(key: str) -> int:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(key + ":"):
-                return int(line.split()[1]) * 1024
-        import resource
+        kib = proc_status_kib(key)
+        if kib is None:
+            import resource
 
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+            kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return kib * 1024
+
+
+def train_config(args, output_dir: str):
+    """The TrainConfig of every variant (one epoch after --warmup_steps steps), with what the variant changes."""
+    from llama_squad.config import TrainConfig
+
+    variant = args.variant
+    return TrainConfig(
+        output_dir=output_dir,
+        max_length=args.max_length,
+        per_device_train_batch_size=args.batch_size,
+        gradient_accumulation_steps=1,
+        num_train_epochs=1,
+        max_steps=args.warmup_steps,
+        warmup_steps=0,
+        eval_strategy="no",
+        save_strategy="no",
+        logging_steps=10**6,
+        report_to="none",
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+        seed=args.seed,
+        data_seed=args.seed,
+        pad_to_multiple_of=args.max_length if variant == "baseline" else None,
+        train_sampling_strategy="group_by_length" if variant == "grouped" else "random",
+        packing=variant == "packing",
+    )
+
+
+def timed_epoch(args, model, tokenizer, config, train) -> tuple[RecordingCollator, object, Memory, int]:
+    """Train --warmup_steps steps untimed, then one timed epoch over the same examples; (the batches recorded, the
+    step timer, the memory before the epoch, its peak)."""
+    from transformers import PrinterCallback
+
+    from llama_squad.config import ModelArguments
+    from llama_squad.training import build_trainer, lora_config
+
+    peft = lora_config(ModelArguments(lora_r=args.lora_r, lora_alpha=2 * args.lora_r))
+    trainer = build_trainer(model, tokenizer, config, train, None, peft)
+    trainer.remove_callback(PrinterCallback)  # disable_tqdm prints every log dict instead
+    recorder = RecordingCollator(trainer.data_collator)
+    trainer.data_collator = recorder
+    timer = step_timer()
+    trainer.add_callback(timer)
+    memory = Memory()
+
+    if args.warmup_steps:
+        trainer.train()  # untimed: allocator, kernels, lazy initialisation
+    trainer.args.max_steps = -1  # then one whole epoch over the same examples
+    recorder.batches = []
+    memory.reset()
+    trainer.train()
+    return recorder, timer, memory, memory.peak()
 
 
 def run_variant(args) -> dict:
@@ -290,55 +336,18 @@ def run_variant(args) -> dict:
     quiet()
     import torch
     from datasets import load_from_disk
-    from transformers import PrinterCallback, set_seed
+    from transformers import set_seed
 
-    from llama_squad.config import ModelArguments, TrainConfig
     from llama_squad.models import load_tokenizer
-    from llama_squad.training import build_trainer, lora_config
 
     set_seed(args.seed)
     tokenizer = load_tokenizer(tokenizer_path(args))
     model = build_model(args, tokenizer)
-    flop_params = linear_params(model)
+    flop_params = linear_params(model)  # before LoRA adds its own linear layers
     train = load_from_disk(args.data_dir)
-    variant = args.variant
     with tempfile.TemporaryDirectory() as out:
-        config = TrainConfig(
-            output_dir=out,
-            max_length=args.max_length,
-            per_device_train_batch_size=args.batch_size,
-            gradient_accumulation_steps=1,
-            num_train_epochs=1,
-            max_steps=args.warmup_steps,
-            warmup_steps=0,
-            eval_strategy="no",
-            save_strategy="no",
-            logging_steps=10**6,
-            report_to="none",
-            disable_tqdm=True,
-            dataloader_num_workers=0,
-            seed=args.seed,
-            data_seed=args.seed,
-            pad_to_multiple_of=args.max_length if variant == "baseline" else None,
-            train_sampling_strategy="group_by_length" if variant == "grouped" else "random",
-            packing=variant == "packing",
-        )
-        peft = lora_config(ModelArguments(lora_r=args.lora_r, lora_alpha=2 * args.lora_r))
-        trainer = build_trainer(model, tokenizer, config, train, None, peft)
-        trainer.remove_callback(PrinterCallback)  # disable_tqdm prints every log dict instead
-        recorder = RecordingCollator(trainer.data_collator)
-        trainer.data_collator = recorder
-        timer = step_timer()
-        trainer.add_callback(timer)
-        memory = Memory()
-
-        if args.warmup_steps:
-            trainer.train()  # untimed: allocator, kernels, lazy initialisation
-        trainer.args.max_steps = -1  # then one whole epoch over the same examples
-        recorder.batches = []
-        memory.reset()
-        trainer.train()
-        peak = memory.peak()
+        config = train_config(args, out)
+        recorder, timer, memory, peak = timed_epoch(args, model, tokenizer, config, train)
 
     steps = len(timer.steps)
     seconds = timer.steps[-1] - timer.start
@@ -347,7 +356,7 @@ def run_variant(args) -> dict:
     positions = sum(b[1] for b in batches)
     rows = sum(b[2] for b in batches)  # packing: packed rows
     return {
-        "variant": variant,
+        "variant": args.variant,
         "examples": len(train),
         "steps": steps,
         "batch_size": args.batch_size,
@@ -418,13 +427,12 @@ def gib(n: int) -> str:
     return f"{n / 2**30:.2f} GiB"
 
 
-def print_report(args, data: dict, results: list[dict], note: str | None, wall_s: float) -> None:
+def print_setup(args, data: dict, first: dict, peak: float | None) -> None:
+    """What was measured: device, versions, model, data and timing."""
     import torch
     import transformers
     import trl
 
-    first = results[0]
-    peak = peak_flops(args, first["device"], first["dtype"])
     threads = f" ({torch.get_num_threads()} threads)" if first["device"] == "cpu" else ""
     print(f"device        {first['device']}{threads}")
     print(f"versions      torch {torch.__version__}, transformers {transformers.__version__}, trl {trl.__version__}")
@@ -441,12 +449,15 @@ def print_report(args, data: dict, results: list[dict], note: str | None, wall_s
     print(f"timing        one epoch after {args.warmup_steps} untimed warm-up steps, each variant in a fresh process")
     print(f"peak FLOP/s   {peak / 1e12:.0f} TFLOP/s" if peak else "peak FLOP/s   n/a (give --peak_tflops for an MFU)")
     print()
+
+
+def print_variants(args, data: dict, results: list[dict], peak: float | None) -> None:
+    """The table of the variants, then each against the baseline; sets each result's ``mfu``."""
     header = (
         f"{'variant':<9} {'examples':>8} {'steps':>5} {'batch':>5} {'max_len':>7} {'mean padded len':>15} "
         f"{'non-pad tok/s':>13} {'padding':>7} {'peak mem':>10} {'Δ mem':>10} {'MFU':>6}"
     )
-    print(header)
-    print("-" * len(header))
+    print_header(header)
     for r in results:
         mfu = f"{4 * r['flop_params'] * r['tokens_per_s'] / peak:.1%}" if peak else "n/a"
         print(
@@ -459,7 +470,7 @@ def print_report(args, data: dict, results: list[dict], note: str | None, wall_s
     base = results[0]
     for r in results[1:]:
         # On the CPU, also tokens per CPU-second: other processes on the machine inflate wall time, not CPU time.
-        cpu = base["cpu_seconds"] / r["cpu_seconds"] if first["device"] == "cpu" else None
+        cpu = base["cpu_seconds"] / r["cpu_seconds"] if base["device"] == "cpu" else None
         print(
             f"{r['variant']:<9} / baseline: tokens/s {r['tokens_per_s'] / base['tokens_per_s']:.2f}x"
             + (f" (per CPU-second {cpu:.2f}x)" if cpu else "")
@@ -474,6 +485,12 @@ def print_report(args, data: dict, results: list[dict], note: str | None, wall_s
             f"grouped sorts by length within random mega-batches of {group} examples (transformers' default: "
             f"min(50, examples // (4 × batch)) batches; 400 examples at batch 8 from 1,600 examples up)"
         )
+
+
+def print_report(args, data: dict, results: list[dict], note: str | None, wall_s: float) -> None:
+    peak = peak_flops(args, results[0]["device"], results[0]["dtype"])
+    print_setup(args, data, results[0], peak)
+    print_variants(args, data, results, peak)
     if note:
         print(note)
     print(f"wall time     {wall_s:.0f} s for the whole benchmark")
@@ -520,35 +537,30 @@ def merge_ranks(results: list[dict]) -> dict:
     }
 
 
-def compare_processes(args, cuda: bool, start: float) -> int:
-    """The dynamic variant in 1 process, then in --processes N (accelerate launch), on the same examples."""
+def run_child(args, variant: str, data_dir: Path, result_file: Path, processes: int = 1, threads: int | None = None):
+    """Train ``variant`` in a fresh process (in ``processes`` processes of ``threads`` threads each: accelerate
+    launch); the figures of each process."""
+    argv = child_argv(args, variant, data_dir, result_file)
+    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
+    if threads is not None:
+        env["OMP_NUM_THREADS"] = str(threads)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
+    if processes > 1:
+        argv = [*launch_argv(args, processes, threads), *argv[1:]]  # argv[0] is the python interpreter
+    subprocess.run(argv, check=True, env=env)
+    return [json.loads(rank_file(result_file, k).read_text(encoding="utf-8")) for k in range(processes)]
+
+
+def write_figures(args, data: dict, results: list[dict]) -> None:
+    given = {k: v for k, v in vars(args).items() if v is not None}
+    write_json(args.json_out, {"args": given, "data": data, "results": results})
+
+
+def print_processes_report(args, data: dict, rows: list[dict], cuda: bool, cores: int) -> None:
     import torch
     import transformers
 
     n = args.processes
-    if n < 2:
-        raise SystemExit(f"--processes {n}: give 2 or more (the baseline is 1 process)")
-    if cuda and torch.cuda.device_count() < n:
-        raise SystemExit(f"--processes {n}: this machine has {torch.cuda.device_count()} GPUs; one process per GPU")
-    cores = cpu_count()
-    runs = [(1, 1 if cuda else cores), (n, 1 if cuda else max(1, cores // n))]
-    rows = []
-    with tempfile.TemporaryDirectory() as tmp:
-        data_dir = Path(tmp) / "data"
-        print(f"tokenizing {args.examples} SQuAD v2 training examples...", file=sys.stderr)
-        data = prepare_data(args, data_dir)
-        for processes, threads in runs:
-            print(f"training in {processes} process(es), {threads} thread(s) each...", file=sys.stderr, flush=True)
-            result_file = Path(tmp) / f"processes-{processes}.json"
-            argv = child_argv(args, "dynamic", data_dir, result_file)
-            env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": str(threads)}
-            env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
-            if processes > 1:
-                argv = [*launch_argv(args, processes, threads), *argv[1:]]  # argv[0] is the python interpreter
-            subprocess.run(argv, check=True, env=env)
-            results = [json.loads(rank_file(result_file, k).read_text(encoding="utf-8")) for k in range(processes)]
-            rows.append(merge_ranks(results))
-
     first = rows[0]
     print(f"device        {first['device']}" + ("" if cuda else f" ({cores} cores)"))
     print(f"versions      torch {torch.__version__}, transformers {transformers.__version__}")
@@ -563,8 +575,7 @@ def compare_processes(args, cuda: bool, start: float) -> int:
         f"{'processes':>9} {'threads/proc':>12} {'steps':>5} {'eff. batch':>10} {'non-pad tok/s':>13} "
         f"{'tok/CPU-s':>9} {'peak mem/proc':>13}"
     )
-    print(header)
-    print("-" * len(header))
+    print_header(header)
     for r in rows:
         print(
             f"{r['processes']:>9} {r['threads']:>12} {r['steps']:>5} {r['batch_size'] * r['processes']:>10} "
@@ -583,11 +594,49 @@ def compare_processes(args, cuda: bool, start: float) -> int:
             f"on {cores} CPU cores the processes share the cores one process already used: expect about 1x "
             "(gloo all-reduces the LoRA gradients each step); the run checks correctness, GPUs give the speed-up"
         )
+
+
+def compare_processes(args, cuda: bool, start: float) -> int:
+    """The dynamic variant in 1 process, then in --processes N (accelerate launch), on the same examples."""
+    import torch
+
+    n = args.processes
+    if n < 2:
+        raise SystemExit(f"--processes {n}: give 2 or more (the baseline is 1 process)")
+    if cuda and torch.cuda.device_count() < n:
+        raise SystemExit(f"--processes {n}: this machine has {torch.cuda.device_count()} GPUs; one process per GPU")
+    cores = cpu_count()
+    runs = [(1, 1 if cuda else cores), (n, 1 if cuda else max(1, cores // n))]
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        data_dir = Path(tmp) / "data"
+        print(f"tokenizing {args.examples} SQuAD v2 training examples...", file=sys.stderr)
+        data = prepare_data(args, data_dir)
+        for processes, threads in runs:
+            print(f"training in {processes} process(es), {threads} thread(s) each...", file=sys.stderr, flush=True)
+            result_file = Path(tmp) / f"processes-{processes}.json"
+            rows.append(merge_ranks(run_child(args, "dynamic", data_dir, result_file, processes, threads)))
+    print_processes_report(args, data, rows, cuda, cores)
     print(f"wall time     {time.perf_counter() - start:.0f} s for the whole benchmark")
     if args.json_out:
-        payload = {"args": {k: v for k, v in vars(args).items() if v is not None}, "data": data, "results": rows}
-        Path(args.json_out).write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
-        print(f"wrote {args.json_out}")
+        write_figures(args, data, rows)
+    return 0
+
+
+def compare_variants(args, cuda: bool, start: float) -> int:
+    """Each variant in a fresh process on the same examples, against the baseline."""
+    variants, note = chosen_variants(args, cuda)
+    results = []
+    with tempfile.TemporaryDirectory() as tmp:
+        data_dir = Path(tmp) / "data"
+        print(f"tokenizing {args.examples} SQuAD v2 training examples...", file=sys.stderr)
+        data = prepare_data(args, data_dir)
+        for variant in variants:
+            print(f"training {variant}...", file=sys.stderr, flush=True)
+            results += run_child(args, variant, data_dir, Path(tmp) / f"{variant}.json")
+    print_report(args, data, results, note, time.perf_counter() - start)
+    if args.json_out:
+        write_figures(args, data, results)
     return 0
 
 
@@ -597,8 +646,7 @@ def main() -> int:
         result = run_variant(args)
         rank_file(args.result_file, result["process_index"]).write_text(json.dumps(result), encoding="utf-8")
         return 0
-    if not DEV.exists():
-        print(f"{DEV} not found: this benchmark needs ../shared/data beside the checkout", file=sys.stderr)
+    if missing_data(DEV):
         return 1
     import torch
 
@@ -611,24 +659,7 @@ def main() -> int:
         args.warmup_steps = 2 if cuda else 1
     if args.processes:
         return compare_processes(args, cuda, start)
-    variants, note = chosen_variants(args, cuda)
-    results = []
-    with tempfile.TemporaryDirectory() as tmp:
-        data_dir = Path(tmp) / "data"
-        print(f"tokenizing {args.examples} SQuAD v2 training examples...", file=sys.stderr)
-        data = prepare_data(args, data_dir)
-        for variant in variants:
-            print(f"training {variant}...", file=sys.stderr, flush=True)
-            result_file = Path(tmp) / f"{variant}.json"
-            env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
-            subprocess.run(child_argv(args, variant, data_dir, result_file), check=True, env=env)
-            results.append(json.loads(rank_file(result_file, 0).read_text(encoding="utf-8")))
-    print_report(args, data, results, note, time.perf_counter() - start)
-    if args.json_out:
-        payload = {"args": {k: v for k, v in vars(args).items() if v is not None}, "data": data, "results": results}
-        Path(args.json_out).write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
-        print(f"wrote {args.json_out}")
-    return 0
+    return compare_variants(args, cuda, start)
 
 
 if __name__ == "__main__":

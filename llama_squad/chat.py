@@ -193,7 +193,7 @@ def load_chat(args: ChatArguments, options: GenerationOptions) -> Chat:
     """The model (as test.py loads it) and a :class:`Chat` around it."""
 
     from llama_squad import models
-    from llama_squad.io import InputError
+    from llama_squad.files import InputError
 
     problems = options.problems()
     if options.num_beams > 1:
@@ -275,7 +275,7 @@ def build_app(chat: Chat):
     try:
         import gradio as gr
     except ImportError:
-        from llama_squad.io import InputError
+        from llama_squad.files import InputError
 
         raise InputError('--app needs Gradio: pip install -e ".[chat]" (or pip install gradio)') from None
 
@@ -324,7 +324,7 @@ def build_app(chat: Chat):
 def main(argv: list[str] | None = None) -> int:
     """Load the model, then ask in the terminal or serve the page. 0 on success, 1 on bad input."""
     from llama_squad.cli import parse_dataclasses, setup_logging
-    from llama_squad.io import InputError
+    from llama_squad.files import InputError
 
     args, options = parse_dataclasses([ChatArguments, GenerationOptions], argv)
     setup_logging()

@@ -62,7 +62,7 @@ def read_recipe(path: str) -> dict:
     is not a mapping, raises :class:`InputError` naming it."""
     import yaml
 
-    from llama_squad.io import InputError
+    from llama_squad.files import InputError
 
     if not path:
         raise InputError("--config needs a recipe file, e.g. --config configs/smoke.yaml")

@@ -4,10 +4,8 @@ from dataclasses import dataclass, field
 
 from trl import SFTConfig
 
+from llama_squad.models import DTYPES
 from llama_squad.pause import POSITIONS as PAUSE_POSITIONS
-
-QUANTIZATIONS = ("4bit", "8bit")
-DTYPES = ("auto", "bfloat16", "float16", "float32")
 
 
 @dataclass

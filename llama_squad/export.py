@@ -15,7 +15,7 @@ from pathlib import Path
 
 import yaml
 
-from llama_squad.io import atomic_path
+from llama_squad.files import atomic_path
 
 logger = logging.getLogger(__name__)
 
@@ -253,7 +253,7 @@ def write_model_card(folder: str | os.PathLike, kind: str, **kwargs) -> Path:
 
 def read_metrics(output_dir: str | os.PathLike, metrics_file: str | os.PathLike | None = None) -> dict | None:
     """Test metrics written by test.py: ``metrics_file``, or ``output_dir/eval/metrics.json`` if it exists."""
-    from llama_squad.io import InputError, read_json
+    from llama_squad.files import InputError, read_json
 
     path = Path(metrics_file) if metrics_file else Path(output_dir) / "eval" / "metrics.json"
     if metrics_file is None and not path.exists():
@@ -339,7 +339,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Rewrite the cards of a trained folder, then push what was asked; 0 on success, 1 on bad input."""
     from llama_squad.cli import setup_logging
-    from llama_squad.io import InputError
+    from llama_squad.files import InputError
 
     args = build_parser().parse_args(argv)
     setup_logging()

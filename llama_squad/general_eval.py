@@ -81,7 +81,7 @@ def task_manager(include_path: str | None = None):
 
 def check_tasks(names: list[str], manager) -> None:
     """Stop before loading any model when a task name is unknown to lm-eval (and to ``--include_path``)."""
-    from llama_squad.io import InputError
+    from llama_squad.files import InputError
 
     unknown = [name for name in names if name not in manager.all_tasks]
     if unknown:
@@ -164,7 +164,7 @@ def write_table(rows: list[dict], output_dir: str | Path) -> tuple[Path, Path]:
     """``general_eval.csv`` (full precision) and ``general_eval.md`` (4 decimals) in ``output_dir``."""
     import pandas as pd
 
-    from llama_squad.io import atomic_write_text
+    from llama_squad.files import atomic_write_text
 
     output_dir = Path(output_dir)
     table = pd.DataFrame(rows, columns=list(COLUMNS))
@@ -190,7 +190,7 @@ def write_table(rows: list[dict], output_dir: str | Path) -> tuple[Path, Path]:
 def run(args: GeneralEvalArguments) -> list[dict]:
     """Evaluate the base and the tuned model on ``args.tasks``; write the table and the raw results."""
     from llama_squad import models
-    from llama_squad.io import InputError, atomic_write_json
+    from llama_squad.files import InputError, atomic_write_json
 
     # 1. Check the options, the tasks and the models' files before loading anything heavy.
     problems = args.problems()
@@ -235,7 +235,7 @@ def run(args: GeneralEvalArguments) -> list[dict]:
 def main(argv: list[str] | None = None) -> int:
     """Compare base and tuned model; 0 on success, 1 on bad input."""
     from llama_squad.cli import parse_dataclasses, setup_logging
-    from llama_squad.io import InputError
+    from llama_squad.files import InputError
 
     (args,) = parse_dataclasses([GeneralEvalArguments], argv)
     setup_logging()

@@ -487,7 +487,7 @@ def run_generation(
 
 def save_metrics(metrics: dict, path: str | Path) -> None:
     """Write the run's metrics as strict JSON (undefined values as null), atomically."""
-    from llama_squad.io import atomic_write_json
+    from llama_squad.files import atomic_write_json
 
     def plain(value):
         value = value.item() if hasattr(value, "item") else value  # numpy scalars
@@ -500,7 +500,7 @@ def save_metrics(metrics: dict, path: str | Path) -> None:
 
 def dataset_fingerprint(dataset_path: str, split: str) -> str:
     """A content hash of a saved split's data files: the same questions and prompts give the same fingerprint."""
-    from llama_squad.io import fingerprint_files
+    from llama_squad.files import fingerprint_files
 
     return fingerprint_files(sorted((Path(dataset_path) / split).glob("*.arrow")))
 
@@ -509,12 +509,13 @@ def load_examples(dataset_path: str, split: str, limit: int | None):
     """The split of a dataset written by create_dataset.py (the first ``limit`` rows), checked to be one."""
     from datasets import load_from_disk
 
-    from llama_squad.io import InputError
+    from llama_squad.files import InputError
     from llama_squad.tasks import TASK_MODULES
-    from llama_squad.tasks.common import DATASET_COLUMNS
+    from llama_squad.tasks.common import DATASET_COLUMNS, dataset_folder_problem
 
-    if not (Path(dataset_path) / "dataset_dict.json").exists():
-        raise InputError(f"{dataset_path}: not a dataset folder written by create_dataset.py (no dataset_dict.json)")
+    problem = dataset_folder_problem(dataset_path)
+    if problem:
+        raise InputError(problem)
     try:
         dataset = load_from_disk(dataset_path)
     except (OSError, ValueError) as e:  # a missing or corrupt data file

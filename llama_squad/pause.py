@@ -23,7 +23,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from llama_squad.io import InputError, atomic_write_json, read_json
+from llama_squad.files import InputError, atomic_write_json, read_json
 
 logger = logging.getLogger(__name__)
 

@@ -3,7 +3,7 @@
 import math
 import os
 
-from llama_squad.io import atomic_path
+from llama_squad.files import atomic_path
 
 
 def loss_curves(log_history: list[dict]) -> dict[str, list[tuple[float, float]]]:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from llama_squad.io import InputError, atomic_path, atomic_write_json, read_json
+from llama_squad.files import InputError, atomic_path, atomic_write_json, read_json
 
 logger = logging.getLogger(__name__)
 

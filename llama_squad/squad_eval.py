@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from llama_squad.cli import setup_logging
-from llama_squad.io import InputError, atomic_write_json, read_json
+from llama_squad.files import InputError, atomic_write_json, read_json
 
 logger = logging.getLogger(__name__)
 

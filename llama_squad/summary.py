@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from llama_squad.io import InputError, atomic_path
+from llama_squad.files import InputError, atomic_path
 from llama_squad.results import read_results, read_run_record, summarize
 
 logger = logging.getLogger(__name__)

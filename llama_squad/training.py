@@ -8,7 +8,7 @@ import yaml
 from transformers import TrainerCallback  # imported with the config already (TRL's SFTConfig)
 
 from llama_squad.config import PAUSE_POSITIONS, ModelArguments, ScriptArguments, TrainConfig
-from llama_squad.io import InputError, atomic_write_text
+from llama_squad.files import InputError, atomic_write_text
 
 logger = logging.getLogger(__name__)
 
@@ -18,20 +18,19 @@ RUN_CONFIG = "run_config.yaml"
 def validate(model_args: ModelArguments, script_args: ScriptArguments, config: TrainConfig) -> None:
     """Check the options together before any long work; raise once, naming every problem and its flag."""
     from llama_squad.distributed import fsdp_enabled, sharding_engine
-    from llama_squad.models import ModelError, check_model_source
+    from llama_squad.models import QUANTIZATIONS, ModelError, check_model_source
+    from llama_squad.tasks.common import dataset_folder_problem
 
     problems = []
-    if not (Path(script_args.dataset_path) / "dataset_dict.json").exists():
-        problems.append(
-            f"--dataset_path {script_args.dataset_path}: not a dataset written by create_dataset.py "
-            "(no dataset_dict.json): run create_dataset.py first"
-        )
+    problem = dataset_folder_problem(script_args.dataset_path)
+    if problem:
+        problems.append(problem)
     try:
         check_model_source(model_args.model_name_or_path)
     except ModelError as e:
         problems.append(str(e))
-    if model_args.quantization not in (None, "4bit", "8bit"):
-        problems.append(f"--quantization {model_args.quantization}: choose 4bit or 8bit")
+    if model_args.quantization not in (None, *QUANTIZATIONS):
+        problems.append(f"--quantization {model_args.quantization}: choose {' or '.join(QUANTIZATIONS)}")
     if model_args.quantization and not model_args.use_peft:
         problems.append("--quantization needs --use_peft: a quantized model can only be trained through an adapter")
     if script_args.push_adapter and not model_args.use_peft:

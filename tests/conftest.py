@@ -90,7 +90,7 @@ def tiny_model_dir(tmp_path_factory, smollm2_tokenizer_dir) -> Path:
     """A tiny random Llama (2 layers, hidden 64) saved with the real SmolLM2 tokenizer and chat template."""
     from transformers import AutoTokenizer
 
-    from llama_squad.models import random_llama
+    from llama_squad.testing import random_llama
 
     tokenizer = AutoTokenizer.from_pretrained(smollm2_tokenizer_dir)
     model = random_llama(

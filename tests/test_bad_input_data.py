@@ -20,7 +20,7 @@ from conftest import REPO, write_squad
 from datasets import load_from_disk
 
 import create_dataset
-from llama_squad.io import InputError, iter_jsonl, read_json
+from llama_squad.files import InputError, iter_jsonl, read_json
 from llama_squad.tasks.squad_v2 import read_squad
 
 DEMO21 = REPO / "data" / "demo" / "multiwoz_demo.json"
@@ -532,7 +532,7 @@ def test_unreadable_file_is_an_input_error(reader, tmp_path, monkeypatch):
     def denied(file, *args, **kwargs):
         raise PermissionError(13, "Permission denied", str(file))
 
-    monkeypatch.setattr("llama_squad.io.open", denied, raising=False)  # root reads a chmod 000 file anyway
+    monkeypatch.setattr("llama_squad.files.open", denied, raising=False)  # root reads a chmod 000 file anyway
     with pytest.raises(InputError, match=rf"^{path}: permission denied; make the file readable"):
         reader(path)
 

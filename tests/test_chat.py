@@ -9,14 +9,14 @@ import pytest
 from datasets import load_from_disk
 
 import test as test_script
-from llama_squad import models
+from llama_squad import embedded, models
 from llama_squad.chat import NO_ANSWER_TEXT, UNREADABLE_TEXT, Answer, Chat, dialogue_history, run_terminal
 from llama_squad.generation import GenerationOptions, Generator, start_conversation
 from llama_squad.tasks import multiwoz
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no calls home from the page under test
 
-HAS_SMOLLM2 = models.importlib.util.find_spec(models.EMBEDDED_PACKAGE) is not None
+HAS_SMOLLM2 = embedded.importlib.util.find_spec(embedded.EMBEDDED_PACKAGE) is not None
 GRADIO_REASON = 'Gradio is the [chat] extra: pip install -e ".[chat]"'
 
 

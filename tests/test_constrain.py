@@ -316,11 +316,12 @@ def test_test_py_records_the_constraint(tiny_model_dir, tiny_dataset_dir, tmp_pa
     assert test_script.main([*argv[:-1], "extractive"]) == 1  # another constraint does not resume these results
 
 
-def test_the_benchmark_catches_outputs_outside_the_context():
+def test_the_benchmark_catches_outputs_outside_the_context(monkeypatch):
     """benchmarks/bench_constrained.py's check of `extractive` would fail a run whose answer is not a span."""
     import importlib.util
 
     path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_constrained.py"
+    monkeypatch.syspath_prepend(str(path.parent))  # as when run as a script: its folder (benchmarks/common.py) first
     spec = importlib.util.spec_from_file_location("bench_constrained", path)
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)

@@ -15,9 +15,9 @@ import pytest
 import torch
 import yaml
 
-from llama_squad import distributed, models, training
+from llama_squad import distributed, embedded, models, training
 from llama_squad.config import ModelArguments, ScriptArguments, TrainConfig
-from llama_squad.io import InputError, output_lock
+from llama_squad.files import InputError, output_lock
 
 REPO = Path(__file__).resolve().parents[1]
 ACCELERATE_CONFIGS = REPO / "configs" / "accelerate"
@@ -171,7 +171,8 @@ CONVERT_SCRIPT = textwrap.dedent(
     """
     import json, logging, os, sys, time
     from pathlib import Path
-    from llama_squad import models
+    from llama_squad import embedded, models
+    from llama_squad.files import atomic_path
 
     gguf, cache, calls, ready = (Path(a) for a in sys.argv[1:5])
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -180,12 +181,12 @@ CONVERT_SCRIPT = textwrap.dedent(
         with open(calls, "a") as f:
             f.write(f"{os.getpid()}\\n")
         time.sleep(1.0)
-        with models.atomic_path(output_dir, is_dir=True) as tmp:
-            (tmp / models.CONVERTED_MARKER).write_text(json.dumps({"source": models._gguf_source(source)}))
+        with atomic_path(output_dir, is_dir=True) as tmp:
+            (tmp / embedded.CONVERTED_MARKER).write_text(json.dumps({"source": embedded.gguf_source(source)}))
         return output_dir
 
-    models.embedded_gguf_path = lambda: gguf
-    models.convert_embedded = convert
+    embedded.embedded_gguf_path = lambda: gguf
+    embedded.convert_embedded = convert
     (ready / str(os.getpid())).touch()
     while len(list(ready.iterdir())) < 2:  # start resolving together
         time.sleep(0.01)
@@ -195,7 +196,7 @@ CONVERT_SCRIPT = textwrap.dedent(
 
 
 def test_two_processes_asking_for_the_embedded_model_at_once_convert_it_once(tmp_path):
-    gguf = tmp_path / "pkg" / models.EMBEDDED_GGUF
+    gguf = tmp_path / "pkg" / embedded.EMBEDDED_GGUF
     gguf.parent.mkdir()
     gguf.write_bytes(b"GGUF" + bytes(60))
     cache, calls, ready = tmp_path / "cache", tmp_path / "calls.txt", tmp_path / "ready"
@@ -205,20 +206,19 @@ def test_two_processes_asking_for_the_embedded_model_at_once_convert_it_once(tmp
                  for _ in range(2)]  # fmt: skip
     outputs = [p.communicate(timeout=120) for p in processes]
     assert [p.returncode for p in processes] == [0, 0], outputs
-    folder = str(cache / models.EMBEDDED_FOLDER)
+    folder = str(cache / embedded.EMBEDDED_FOLDER)
     assert [out.strip() for out, _ in outputs] == [folder, folder]
     assert len(calls.read_text().splitlines()) == 1  # one conversion; without the lock both would convert
     waited = [err for _, err in outputs if f"using {folder} (converted by another process meanwhile)" in err]
     assert len(waited) == 1
-    assert json.loads((cache / models.EMBEDDED_FOLDER / models.CONVERTED_MARKER).read_text())["source"]["file"] == (
-        models.EMBEDDED_GGUF
-    )
+    marker = json.loads((cache / embedded.EMBEDDED_FOLDER / embedded.CONVERTED_MARKER).read_text())
+    assert marker["source"]["file"] == embedded.EMBEDDED_GGUF
 
 
 def test_a_conversion_that_waits_too_long_names_the_lock_and_the_way_out(tmp_path):
     from filelock import FileLock
 
-    folder = tmp_path / models.EMBEDDED_FOLDER
+    folder = tmp_path / embedded.EMBEDDED_FOLDER
     holder = subprocess.Popen(
         [sys.executable, "-c", "import sys, time; from filelock import FileLock\n"
          "with FileLock(sys.argv[1]):\n    print('held', flush=True); time.sleep(60)", f"{folder}.lock"],
@@ -226,7 +226,7 @@ def test_a_conversion_that_waits_too_long_names_the_lock_and_the_way_out(tmp_pat
     )  # fmt: skip
     try:
         assert holder.stdout.readline().strip() == "held"
-        with pytest.raises(models.ModelError) as error, models.conversion_lock(folder, timeout=0.2):
+        with pytest.raises(models.ModelError) as error, embedded.conversion_lock(folder, timeout=0.2):
             pass
     finally:
         holder.kill()

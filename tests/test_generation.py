@@ -139,7 +139,7 @@ def test_a_killed_run_resumes_without_losing_or_repeating_rows(tiny_model_dir, t
 @pytest.mark.parametrize("granularity", ["slot", "domain"])
 def test_dst_runs_through_the_same_test_py(tiny_model_dir, tmp_path, granularity):
     import create_dataset
-    from llama_squad.tasks.multiwoz_scoring import SLOT_NAMES
+    from llama_squad.tasks.multiwoz import SLOT_NAMES
 
     demo = REPO / "data" / "demo"
     data = tmp_path / "dst"

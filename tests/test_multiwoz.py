@@ -11,11 +11,12 @@ from datasets import load_from_disk
 
 import create_dataset
 from llama_squad.answers import format_json_answer
-from llama_squad.io import InputError
+from llama_squad.files import InputError
 from llama_squad.tasks import get_task, multiwoz
 from llama_squad.tasks.multiwoz import (
     ANSWER_INSTRUCTION,
     DOMAIN_INSTRUCTION,
+    SLOT_NAMES,
     TRUNCATION_MARKER,
     Arguments,
     Dialogue,
@@ -24,12 +25,14 @@ from llama_squad.tasks.multiwoz import (
     build_messages,
     build_split,
     default_slots,
+    fuzzy_value,
     load_schema,
     make_questions,
+    normalize_value,
     read_dialogues,
     score_output,
+    summarize,
 )
-from llama_squad.tasks.multiwoz_scoring import SLOT_NAMES, fuzzy_value, normalize_value, summarize
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data"

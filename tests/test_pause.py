@@ -90,7 +90,7 @@ def test_pause_tokens_that_are_words_of_the_vocabulary_are_refused(load_fresh):
 
 
 def tiny_llama(tokenizer, tied: bool):
-    from llama_squad.models import random_llama
+    from llama_squad.testing import random_llama
 
     model = random_llama(
         tokenizer, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
@@ -258,7 +258,7 @@ def test_an_old_run_config_without_pause_options_resumes(tmp_path):
 
 def test_bad_pause_options_are_named(tmp_path):
     from llama_squad.config import ModelArguments, ScriptArguments, TrainConfig
-    from llama_squad.io import InputError
+    from llama_squad.files import InputError
 
     with pytest.raises(InputError) as error:
         training.validate(

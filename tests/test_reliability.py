@@ -19,7 +19,7 @@ import test as test_script
 import train
 from llama_squad import training
 from llama_squad.checkpoints import checkpoint_problem, latest_complete_checkpoint
-from llama_squad.io import InputError, output_lock
+from llama_squad.files import InputError, output_lock
 from llama_squad.results import RESULT_COLUMNS, ResultsWriter, read_results
 
 REPO = Path(__file__).resolve().parents[1]

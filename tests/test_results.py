@@ -6,7 +6,7 @@ import json
 import pytest
 
 import summarize_results
-from llama_squad.io import InputError
+from llama_squad.files import InputError
 from llama_squad.results import RESULT_COLUMNS, ResultsWriter, read_results, result_columns
 from llama_squad.summary import summarize_files
 from llama_squad.tasks import squad_v2

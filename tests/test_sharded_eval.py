@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 
 import test as test_script
-from llama_squad.io import InputError
+from llama_squad.files import InputError
 from llama_squad.results import SHARDS, ResultsWriter, merge_shards, read_results, result_columns, shard_path
 from llama_squad.tasks import get_task
 

@@ -7,7 +7,7 @@ from datasets import load_from_disk
 
 import create_dataset
 from llama_squad.answers import parse_json_answer
-from llama_squad.io import InputError
+from llama_squad.files import InputError
 from llama_squad.tasks import squad_v2
 from llama_squad.tasks.squad_v2 import Arguments, Record, build_dataset, build_messages, read_squad
 

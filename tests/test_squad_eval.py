@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from llama_squad.io import InputError
+from llama_squad.files import InputError
 from llama_squad.squad_eval import (
     MissingNaProbsError,
     MissingPredictionsError,

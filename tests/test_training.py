@@ -12,7 +12,7 @@ import yaml
 
 import train
 from llama_squad import training
-from llama_squad.io import InputError
+from llama_squad.files import InputError
 from llama_squad.stability import add_fp16_overflow_guard
 
 REPO = Path(__file__).resolve().parents[1]

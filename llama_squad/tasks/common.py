@@ -1,8 +1,9 @@
-"""What every task's dataset shares: the common columns and options, and the helpers that check them."""
+"""What every task shares: the dataset's columns and options, the helpers that check them, and percentages."""
 
 import dataclasses
 import typing
 from dataclasses import dataclass, field
+from pathlib import Path
 
 # Columns every dataset row has. ``prompt`` is the system + first user message; ``completion`` is the assistant
 # answer (multi-turn: assistant, user, assistant, ... where the user turns are follow-up instructions and every
@@ -84,3 +85,26 @@ def common_option_problems(args: DatasetArguments) -> list[str]:
             f"--validation_fraction {args.validation_fraction}: must be in [0, 1), e.g. 0.05 (0: no validation split)"
         )
     return problems
+
+
+def dataset_folder_problem(dataset_path: str) -> str | None:
+    """Why ``dataset_path`` is not a dataset folder written by create_dataset.py (it has no ``dataset_dict.json``), or
+    None when it is one."""
+    if (Path(dataset_path) / "dataset_dict.json").exists():
+        return None
+    return (
+        f"--dataset_path {dataset_path}: not a dataset folder written by create_dataset.py (no dataset_dict.json): "
+        "run create_dataset.py first"
+    )
+
+
+def percent(part, whole=None) -> float:
+    """``part`` out of ``whole`` in percent, NaN when ``whole`` is 0; without ``whole``, the share of ``part``'s rows
+    (a Series: its mean) in percent, NaN when it has no rows.
+
+    The two forms round differently in the last digit (100 * a / b, 100 * mean): each task keeps the one its
+    published metrics were computed with.
+    """
+    if whole is None:
+        return 100.0 * float(part.mean()) if len(part) else float("nan")
+    return 100.0 * part / whole if whole else float("nan")

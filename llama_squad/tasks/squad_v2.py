@@ -9,9 +9,9 @@ import pandas as pd
 from datasets import Dataset, DatasetDict
 
 from llama_squad.answers import NO_ANSWER, format_json_answer, parse_json_answer
-from llama_squad.io import InputError, iter_jsonl, read_json
+from llama_squad.files import InputError, iter_jsonl, read_json
 from llama_squad.squad_eval import normalize_answer, score_prediction
-from llama_squad.tasks.common import DatasetArguments, common_option_problems, json_type
+from llama_squad.tasks.common import DatasetArguments, common_option_problems, json_type, percent
 
 logger = logging.getLogger(__name__)
 
@@ -569,10 +569,6 @@ def score_output(raw_output: str, example: dict) -> list[dict]:
     ]
 
 
-def _pct(mask: pd.Series) -> float:
-    return 100.0 * float(mask.mean()) if len(mask) else float("nan")
-
-
 def summarize(results: pd.DataFrame) -> dict[str, float]:
     """Official EM/F1 with the HasAns/NoAns split, and the original llama-squad table's columns."""
     has, no = results[results["has_answer"]], results[~results["has_answer"]]
@@ -580,20 +576,20 @@ def summarize(results: pd.DataFrame) -> dict[str, float]:
     valid = results[results["valid_json"]]
     metrics = {
         "total": len(results),
-        "valid_json": _pct(results["valid_json"]),
-        "answer_found": _pct(results["answer_found"]),
-        "exact": _pct(results["exact"]),
-        "f1": _pct(results["f1"]),
-        "exact_valid_json": _pct(valid["exact"]),  # the original's "% Exact Matches for Valid JSON"
-        "correct_no_answer": _pct(no["abstained"]),  # unanswerable questions the model answered "?"
-        "correct_has_answer": _pct(has["exact"]),
-        "abstain_precision": _pct(~abstained["has_answer"]),
-        "abstain_recall": _pct(no["abstained"]),
-        "HasAns_exact": _pct(has["exact"]),
-        "HasAns_f1": _pct(has["f1"]),
+        "valid_json": percent(results["valid_json"]),
+        "answer_found": percent(results["answer_found"]),
+        "exact": percent(results["exact"]),
+        "f1": percent(results["f1"]),
+        "exact_valid_json": percent(valid["exact"]),  # the original's "% Exact Matches for Valid JSON"
+        "correct_no_answer": percent(no["abstained"]),  # unanswerable questions the model answered "?"
+        "correct_has_answer": percent(has["exact"]),
+        "abstain_precision": percent(~abstained["has_answer"]),
+        "abstain_recall": percent(no["abstained"]),
+        "HasAns_exact": percent(has["exact"]),
+        "HasAns_f1": percent(has["f1"]),
         "HasAns_total": len(has),
-        "NoAns_exact": _pct(no["exact"]),
-        "NoAns_f1": _pct(no["f1"]),
+        "NoAns_exact": percent(no["exact"]),
+        "NoAns_f1": percent(no["f1"]),
         "NoAns_total": len(no),
     }
     return metrics

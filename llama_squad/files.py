@@ -1,4 +1,4 @@
-"""Crash-safe file output (write to a temporary path, then rename) and JSON input with errors that name the file."""
+"""Files: crash-safe writes (temporary path, then rename), JSON input whose errors name the file, OS locks, hashes."""
 
 import hashlib
 import json

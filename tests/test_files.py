@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from llama_squad.io import atomic_path
+from llama_squad.files import atomic_path
 
 # umask -> (file mode, folder mode), as open() and mkdir() create them.
 MODES = {0o022: (0o644, 0o755), 0o027: (0o640, 0o750)}

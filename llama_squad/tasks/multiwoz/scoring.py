@@ -1,4 +1,4 @@
-"""MultiWOZ DST scoring: value normalization (strict and fuzzy), slot matching and the run's DST metrics.
+"""MultiWOZ DST scoring: value normalization (strict and fuzzy), the results rows of an answer, the run's metrics.
 
 Strict matching is the headline; fuzzy matching is reported beside it. Both are fixed rules written here, never
 derived from data. A slot is *set* when its gold list of values is non-empty; the prediction of a slot is *empty*
@@ -23,31 +23,20 @@ Fuzzy normalization (:func:`fuzzy_value`), on top of the strict one:
   "alpha-milton" / "alpha milton").
 """
 
+import functools
+import json
 import re
 from collections import Counter
 
 import pandas as pd
 
+from llama_squad.answers import NO_ANSWER, parse_json_answer, parse_json_output
+from llama_squad.tasks.common import percent
+from llama_squad.tasks.multiwoz.prompts import slot_question
+from llama_squad.tasks.multiwoz.schema import DOMAINS, DONTCARE, DONTCARE_GOLD_VALUES, SLOT_NAMES, default_slots
+
 NO_VALUE = "?"
-DONTCARE = "dontcare"
-
-# The 5 domains and their 30 tracked slots (MultiWOZ 2.2 names): the standard DST evaluation set. Hospital, police
-# and bus are left out, as in the literature.
-DOMAINS = ("attraction", "hotel", "restaurant", "taxi", "train")
-SLOT_NAMES = (
-    "attraction-area", "attraction-name", "attraction-type",
-    "hotel-area", "hotel-bookday", "hotel-bookpeople", "hotel-bookstay", "hotel-internet", "hotel-name",
-    "hotel-parking", "hotel-pricerange", "hotel-stars", "hotel-type",
-    "restaurant-area", "restaurant-bookday", "restaurant-bookpeople", "restaurant-booktime", "restaurant-food",
-    "restaurant-name", "restaurant-pricerange",
-    "taxi-arriveby", "taxi-departure", "taxi-destination", "taxi-leaveat",
-    "train-arriveby", "train-bookpeople", "train-day", "train-departure", "train-destination", "train-leaveat",
-)  # fmt: skip
-
-# Gold values that mean "not set" in MultiWOZ 2.1/2.4 belief states (compared lower-cased).
-EMPTY_GOLD_VALUES = frozenset({"", "none", "not mentioned"})
-# Gold spellings of "dontcare" (compared lower-cased) read as "dontcare".
-DONTCARE_GOLD_VALUES = frozenset({"dontcare", "dont care", "don't care", "do n't care", "do not care"})
+EXTRA_RESULT_COLUMNS = ("dialogue_id", "turn", "domain", "slot", "fuzzy_exact")
 
 _WHITESPACE = re.compile(r"\s+")
 _SHORT_TIME = re.compile(r"^(\d{1,2}):(\d{2})$")
@@ -173,11 +162,70 @@ def score_value(slot: str, prediction: str | None, gold: list[str]) -> dict:
     }
 
 
+# ---------------------------------------------------------------------------------------------------- results rows
+
+
+def _value_of(obj: dict | None, slot: str) -> str | None:
+    """The predicted value of ``slot`` in a domain answer (short key, or the full slot name), as text, or None."""
+    if not isinstance(obj, dict):
+        return None
+    value = obj.get(slot.split("-", 1)[1], obj.get(slot))
+    if isinstance(value, str):
+        return value
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return json.dumps(value)
+    return None
+
+
+@functools.cache
+def _slot_questions() -> dict[str, str]:
+    """The question of each slot (built-in schema): a domain answer's results rows say which slot they score."""
+    return {slot.name: slot_question(slot, False) for slot in default_slots()}
+
+
+def score_output(raw_output: str, example: dict) -> list[dict]:
+    """The scored results rows of one generated answer: one per slot asked (one in slot granularity).
+
+    Unparseable output, or a slot missing from a domain answer, counts as "not set" ("?").
+    """
+    common = {"dialogue_id": example["dialogue_id"], "turn": example["turn"], "domain": example["domain"]}
+    if "slots" not in example:
+        parsed = parse_json_answer(raw_output)
+        scores = score_value(example["slot"], parsed.answer, list(example["answers"]))
+        return [
+            {
+                **common,
+                "slot": example["slot"],
+                "parsed_answer": parsed.answer if parsed.found else "",
+                "valid_json": parsed.valid_json,
+                "answer_found": parsed.found,
+                "abstained": parsed.abstained,
+                **scores,
+            }
+        ]
+    parsed = parse_json_output(raw_output)
+    questions = _slot_questions()
+    rows = []
+    for name, gold in zip(example["slots"], example["slot_answers"], strict=True):
+        value = _value_of(parsed.value, name)
+        rows.append(
+            {
+                **common,
+                "id": f"{example['id']}/{name}",
+                "question": questions.get(name, name),
+                "answers": list(gold),
+                "slot": name,
+                "parsed_answer": value if value is not None else "",
+                "valid_json": parsed.valid_json,
+                "answer_found": value is not None,
+                "abstained": value is not None and value.strip() == NO_ANSWER,
+                **score_value(name, value, list(gold)),
+            }
+        )
+    return rows
+
+
 # ---------------------------------------------------------------------------------------------------- summary
-
-
-def _pct(numerator: float, denominator: float) -> float:
-    return 100.0 * numerator / denominator if denominator else float("nan")
 
 
 def _as_bool(column: pd.Series) -> pd.Series:
@@ -217,14 +265,48 @@ def summarize(results: pd.DataFrame) -> dict[str, float]:
     has_answer = _as_bool(results["has_answer"])
     abstained = _as_bool(results["abstained"])
     predicted = ~results["parsed_answer"].astype(str).str.strip().isin(["", NO_VALUE])
+    precision, recall, f1 = _slot_precision_recall_f1(exact, has_answer, predicted)
+    frame = _tracked_slots(results, exact, fuzzy, has_answer)
+    by_turn = frame.groupby(["dialogue_id", "turn"], sort=False)
+    turns = by_turn.agg(slots=("slot", "size"), exact=("exact", "all"), fuzzy=("fuzzy", "all"))
+    complete = turns[turns["slots"] == len(SLOT_NAMES)]
+    metrics = {
+        "total": n,
+        "examples": int(results["example_id"].nunique()) if "example_id" in results else n,
+        "turns": len(turns),
+        "complete_turns": len(complete),
+        "jga": percent(int(complete["exact"].sum()), len(complete)),
+        "jga_fuzzy": percent(int(complete["fuzzy"].sum()), len(complete)),
+        "slot_accuracy": percent(int(exact.sum()), n),
+        "slot_accuracy_fuzzy": percent(int(fuzzy.sum()), n),
+        "slot_precision": precision,
+        "slot_recall": recall,
+        "slot_f1": f1,
+        "value_f1": 100.0 * float(pd.to_numeric(results["f1"]).mean()),
+        **_domain_joint_goal_accuracy(frame, set(complete.index)),
+    }
+    generations = results.drop_duplicates("example_id") if "example_id" in results else results
+    metrics["valid_json"] = percent(int(_as_bool(generations["valid_json"]).sum()), len(generations))
+    metrics["answer_found"] = percent(int(_as_bool(results["answer_found"]).sum()), n)
+    metrics["abstain_precision"] = percent(int((abstained & ~has_answer).sum()), int(abstained.sum()))
+    metrics["abstain_recall"] = percent(int((abstained & ~has_answer).sum()), int((~has_answer).sum()))
+    return metrics
+
+
+def _slot_precision_recall_f1(exact: pd.Series, has_answer: pd.Series, predicted: pd.Series) -> tuple[float, ...]:
+    """Micro-averaged precision, recall and F1 over non-empty values, in percent (see :func:`summarize`)."""
     true_positives = int((exact & has_answer & predicted).sum())
-    precision = _pct(true_positives, int(predicted.sum()))
-    recall = _pct(true_positives, int(has_answer.sum()))
+    precision = percent(true_positives, int(predicted.sum()))
+    recall = percent(true_positives, int(has_answer.sum()))
     if true_positives:
         f1 = 2 * precision * recall / (precision + recall)
     else:  # no predicted or no gold values at all: no true positive, F1 0 (undefined only with neither)
         f1 = 0.0 if predicted.any() or has_answer.any() else float("nan")
+    return precision, recall, f1
 
+
+def _tracked_slots(results: pd.DataFrame, exact: pd.Series, fuzzy: pd.Series, has_answer: pd.Series) -> pd.DataFrame:
+    """One row per (dialogue, turn, tracked slot) with its domain and its strict and fuzzy match."""
     frame = pd.DataFrame(
         {
             "dialogue_id": results["dialogue_id"].astype(str),
@@ -236,35 +318,17 @@ def summarize(results: pd.DataFrame) -> dict[str, float]:
             "has_answer": has_answer,
         }
     ).drop_duplicates(["dialogue_id", "turn", "slot"])
-    frame = frame[frame["slot"].isin(SLOT_NAMES)]
-    by_turn = frame.groupby(["dialogue_id", "turn"], sort=False)
-    turns = by_turn.agg(slots=("slot", "size"), exact=("exact", "all"), fuzzy=("fuzzy", "all"))
-    complete = turns[turns["slots"] == len(SLOT_NAMES)]
-    metrics = {
-        "total": n,
-        "examples": int(results["example_id"].nunique()) if "example_id" in results else n,
-        "turns": len(turns),
-        "complete_turns": len(complete),
-        "jga": _pct(int(complete["exact"].sum()), len(complete)),
-        "jga_fuzzy": _pct(int(complete["fuzzy"].sum()), len(complete)),
-        "slot_accuracy": _pct(int(exact.sum()), n),
-        "slot_accuracy_fuzzy": _pct(int(fuzzy.sum()), n),
-        "slot_precision": precision,
-        "slot_recall": recall,
-        "slot_f1": f1,
-        "value_f1": 100.0 * float(pd.to_numeric(results["f1"]).mean()),
-    }
-    complete_keys = set(complete.index)
+    return frame[frame["slot"].isin(SLOT_NAMES)]
+
+
+def _domain_joint_goal_accuracy(frame: pd.DataFrame, complete_keys: set) -> dict[str, float]:
+    """``jga_<domain>`` and ``turns_<domain>`` of each domain (see :func:`summarize`)."""
+    metrics = {}
     mentioned = frame[frame["has_answer"]].groupby("domain")["dialogue_id"].agg(set)
     for domain in DOMAINS:
         rows = frame[(frame["domain"] == domain) & frame["dialogue_id"].isin(mentioned.get(domain, set()))]
         per_turn = rows.groupby(["dialogue_id", "turn"], sort=False)["exact"].all()
         per_turn = per_turn[[key in complete_keys for key in per_turn.index]]
-        metrics[f"jga_{domain}"] = _pct(int(per_turn.sum()), len(per_turn))
+        metrics[f"jga_{domain}"] = percent(int(per_turn.sum()), len(per_turn))
         metrics[f"turns_{domain}"] = len(per_turn)
-    generations = results.drop_duplicates("example_id") if "example_id" in results else results
-    metrics["valid_json"] = _pct(int(_as_bool(generations["valid_json"]).sum()), len(generations))
-    metrics["answer_found"] = _pct(int(_as_bool(results["answer_found"]).sum()), n)
-    metrics["abstain_precision"] = _pct(int((abstained & ~has_answer).sum()), int(abstained.sum()))
-    metrics["abstain_recall"] = _pct(int((abstained & ~has_answer).sum()), int((~has_answer).sum()))
     return metrics
