@@ -2,8 +2,8 @@
 zero-shot and with a short-trained adapter, each with none, json and extractive; valid JSON, EM/F1 with the
 HasAns/NoAns split, questions/s and its ratio against `none` of the same model.
 
-    # CPU (about 40 min on 2 idle cores): 300 questions; an adapter trained first on 1,000 dev-split training
-    # questions (one epoch, as benchmarks/ab_pause_tokens.py trains its arms)
+    # CPU: 300 questions; an adapter trained first on 200 dev-split training questions (one epoch, batches of 4 x 2
+    # accumulated, as benchmarks/ab_pause_tokens.py trains its arms): about 20 min of training, 30 of generation
     python benchmarks/bench_constrained.py --questions 300 --json_out bench_constrained.json
     # with an adapter trained already (train.py's output_dir)
     python benchmarks/bench_constrained.py --adapter output/smollm2 --json_out bench_constrained.json
@@ -12,9 +12,11 @@ HasAns/NoAns split, questions/s and its ratio against `none` of the same model.
 
 Questions: the dev-split protocol's test split (articles 25-34 of dev-v2.0.json), shuffled with --seed as
 benchmarks/bench_eval.py shuffles it, the first --questions. Each setting is test.py's ``run_generation`` with
-``--constrain MODE`` (greedy, --max_new_tokens, --batch_size) after a warm-up, timed end to end; the model is loaded
-once per model and only the mode changes. The benchmark checks what `extractive` promises: every output is one JSON
-object {"answer": "..."} whose answer is "?" or a substring of its question's context; a violation fails the run.
+``--constrain MODE`` (greedy, --max_new_tokens, --batch_size) after a warm-up; the model is loaded once per model
+and only the mode changes. The modes are interleaved chunk by chunk (--chunk_batches batches of questions each), so
+that a busy machine slows every mode alike: each mode's time is the sum of its chunks. The benchmark checks what
+`extractive` promises: every output is one JSON object {"answer": "..."} whose answer is "?" or a substring of its
+question's context; a violation fails the run.
 """
 
 import argparse
@@ -35,7 +37,6 @@ from common import (
     load_questions,
     missing_data,
     print_header,
-    timed_run,
     write_json,
 )
 
@@ -51,8 +52,9 @@ def parse_args(argv=None):
     parser.add_argument("--questions", type=int, default=300, help="test questions answered by every setting")
     parser.add_argument("--batch_size", type=int, default=16)
     parser.add_argument("--max_new_tokens", type=int, default=48)
+    parser.add_argument("--chunk_batches", type=int, default=2, help="batches per chunk of the interleaving")
     parser.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
-    parser.add_argument("--train_questions", type=int, default=1000, help="the adapter's training questions")
+    parser.add_argument("--train_questions", type=int, default=200, help="the adapter's training questions")
     parser.add_argument("--epochs", type=float, default=1.0)
     parser.add_argument("--max_steps", type=int, default=-1, help="instead of --epochs (quick checks)")
     parser.add_argument("--learning_rate", type=float, default=5e-4)
@@ -76,7 +78,8 @@ def train_adapter(args, work: Path) -> tuple[Path, list[str]]:
         [
             "train.py", "--model_name_or_path", args.model, "--dataset_path", str(data), "--output_dir", str(out),
             "--max_train_examples", str(args.train_questions), "--num_train_epochs", str(args.epochs),
-            "--max_steps", str(args.max_steps), "--per_device_train_batch_size", "8",
+            "--max_steps", str(args.max_steps), "--per_device_train_batch_size", "4",
+            "--gradient_accumulation_steps", "2",
             "--learning_rate", str(args.learning_rate), "--lora_r", str(args.lora_r),
             "--lora_alpha", str(2 * args.lora_r), "--seed", str(args.seed), "--eval_strategy", "no",
             "--save_strategy", "no", "--merge", "false", "--report_to", "none", "--resume_from_checkpoint", "no",
@@ -109,39 +112,61 @@ def extractive_violations(questions: list[dict], outputs: dict[str, str]) -> lis
 
 
 def measure_model(label: str, generator, questions: list[dict], args, folder: Path) -> list[dict]:
-    """Every mode on one loaded model; a row of figures per mode."""
+    """Every mode on one loaded model, interleaved: the questions go in chunks of --chunk_batches batches, each chunk
+    answered by every mode in turn (the order rotating from chunk to chunk), so that a change of the machine's load
+    hits every mode alike. A row of figures per mode."""
+    from llama_squad.generation import run_generation
     from llama_squad.results import read_results, summarize
 
     base_options = generator.options
+    warm_up(generator, questions, args.batch_size)
+    seconds = dict.fromkeys(args.modes, 0.0)
+    chunk = args.batch_size * args.chunk_batches
+    for k, end in enumerate(range(chunk, len(questions) + chunk, chunk)):
+        modes = args.modes[k % len(args.modes) :] + args.modes[: k % len(args.modes)]
+        for mode in modes:
+            generator.options = replace(base_options, constrain=mode)
+            start = time.perf_counter()
+            # resumable: each call answers the chunk's questions not yet in this mode's file
+            run_generation(
+                generator, questions[:end], folder / f"{label}-{mode}" / "results.csv", args.batch_size, False
+            )
+            seconds[mode] += time.perf_counter() - start
+        print(f"{label}: {min(end, len(questions))}/{len(questions)} questions", file=sys.stderr, flush=True)
+    generator.options = base_options
     rows = []
     for mode in args.modes:
-        generator.options = replace(base_options, constrain=mode)
-        run = timed_run(generator, questions, args.batch_size, folder, f"{label}-{mode}")
-        metrics = summarize(read_results(folder / f"{label}-{mode}" / "results.csv"))
-        violations = extractive_violations(questions, run["outputs"]) if mode == "extractive" else []
+        results = read_results(folder / f"{label}-{mode}" / "results.csv")
+        if results["id"].nunique() != len(questions):
+            raise RuntimeError(f"{label} {mode}: {results['id'].nunique()} of {len(questions)} questions answered")
+        metrics = summarize(results)
+        outputs = dict(zip(results["id"], results["raw_output"], strict=True))
+        violations = extractive_violations(questions, outputs) if mode == "extractive" else []
+        if violations:
+            raise SystemExit(f"{label} extractive: {len(violations)} outputs break the constraint: {violations[:3]}")
         rows.append(
             {
                 "model": label,
                 "constrain": mode,
                 **{k: metrics[k] for k in REPORTED},
-                "q_per_s": run["questions_per_s"],
-                "seconds": run["seconds"],
-                "generated_tokens": run["generated_tokens"],
+                "q_per_s": len(questions) / seconds[mode],
+                "seconds": seconds[mode],
+                "generated_tokens": int(results["completion_tokens"].sum()),
                 "extractive_violations": len(violations) if mode == "extractive" else None,
             }
         )
-        print(
-            f"{label} {mode}: {run['questions_per_s']:.2f} q/s, valid JSON {metrics['valid_json']:.1f}, "
-            f"EM {metrics['exact']:.1f}",
-            file=sys.stderr,
-            flush=True,
-        )
-        if violations:
-            raise SystemExit(f"{label} extractive: {len(violations)} outputs break the constraint: {violations[:3]}")
     by_mode = {r["constrain"]: r for r in rows}
     for r in rows:
         r["throughput_vs_none"] = r["q_per_s"] / by_mode["none"]["q_per_s"] if "none" in by_mode else None
     return rows
+
+
+def warm_up(generator, questions: list[dict], batch_size: int) -> None:
+    """One short generate of a full batch, so that no mode pays the first call's set-up."""
+    from llama_squad.generation import GenerationOptions, Generator
+
+    warm = Generator(generator.model, generator.tokenizer, GenerationOptions(max_new_tokens=2))
+    warm.generate([warm.prompt_ids(questions[0]["prompt"], last_turn=True)[0]] * min(batch_size, len(questions)))
 
 
 def print_table(rows: list[dict]) -> None:
