@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from llama_squad.cli import parse_dataclasses, setup_logging
+from llama_squad.config import ModelLoadingArguments
 from llama_squad.generation import GenerationOptions
 
 logger = logging.getLogger("test")
@@ -28,14 +29,11 @@ logger = logging.getLogger("test")
 
 @dataclass
 class TestArguments:
-    """What to evaluate, on what, and where the results go."""
+    """What to evaluate (the model: --model_name_or_path and the other loading options, as in train.py), on what, and
+    where the results go."""
 
     dataset_path: str = field(metadata={"help": "A dataset folder written by create_dataset.py."})
     output_dir: str = field(metadata={"help": "results.csv and metrics.json are written here."})
-    model_name_or_path: str = field(
-        default="embedded",
-        metadata={"help": "Base or merged model: Hub id, folder, or 'embedded' (SmolLM2-135M-Instruct)."},
-    )
     adapter_path: str | None = field(
         default=None, metadata={"help": "A LoRA adapter folder (train.py's output_dir) to apply to the model."}
     )
@@ -43,19 +41,12 @@ class TestArguments:
         default=True,
         metadata={
             "help": "Fold the adapter into the weights before generating: faster, same answers up to rounding "
-            "(never with --quantization)."
+            "(never into a --load_in_4bit or --load_in_8bit model)."
         },
     )
     split: str = field(default="test", metadata={"help": "Which split to answer."})
     limit: int | None = field(default=None, metadata={"help": "Answer only the first N questions (quick runs)."})
     batch_size: int = field(default=32, metadata={"help": "Questions generated together (sorted by prompt length)."})
-    dtype: str = field(
-        default="auto", metadata={"help": "auto: bfloat16 on capable GPUs, float16 on others, float32 on CPU."}
-    )
-    quantization: str | None = field(default=None, metadata={"help": "Load the model in 4bit or 8bit (bitsandbytes)."})
-    attn_implementation: str | None = field(default=None, metadata={"help": "Attention kernel (sdpa, eager, ...)."})
-    trust_remote_code: bool = field(default=False, metadata={"help": "Run model code from the Hub."})
-    model_cache_dir: str | None = field(default=None, metadata={"help": "Where the embedded model is cached."})
     seed: int = field(default=42, metadata={"help": "Seed for sampling."})
     overwrite: bool = field(
         default=False,
@@ -73,19 +64,19 @@ class TestArguments:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args, options = parse_dataclasses([TestArguments, GenerationOptions], argv)
+    args, model_args, options = parse_dataclasses([TestArguments, ModelLoadingArguments, GenerationOptions], argv)
     setup_logging()
     from llama_squad.files import InputError
 
     try:
-        evaluate(args, options)
+        evaluate(args, model_args, options)
     except InputError as e:  # the user's input: the message names it and the fix
         logger.error("%s", e)
         return 1
     return 0
 
 
-def evaluate(args: TestArguments, options: GenerationOptions) -> None:
+def evaluate(args: TestArguments, model_args: ModelLoadingArguments, options: GenerationOptions) -> None:
     import torch
     from accelerate import PartialState
 
@@ -99,10 +90,10 @@ def evaluate(args: TestArguments, options: GenerationOptions) -> None:
     if problems:
         raise InputError("invalid options:\n  - " + "\n  - ".join(problems))
     examples = generation.load_examples(args.dataset_path, args.split, args.limit)
-    models.check_model_source(args.model_name_or_path)
+    models.check_model_source(model_args.model_name_or_path, revision=model_args.model_revision)
     if args.adapter_path is not None:
         models.check_adapter(args.adapter_path)
-    settings = run_settings(args, options, examples[0]["task"])
+    settings = run_settings(args, model_args, options, examples[0]["task"])
     output_dir = Path(args.output_dir)
     output_csv = output_dir / "results.csv"
     task = get_task(examples[0]["task"])
@@ -127,7 +118,14 @@ def evaluate(args: TestArguments, options: GenerationOptions) -> None:
         generator = None
         if todo:
             device_map = {"": state.device} if processes > 1 and state.device.type == "cuda" else None
-            generator = generation.load_generator(args, options, device_map)
+            generator = generation.load_generator(
+                model_args,
+                options,
+                adapter_path=args.adapter_path,
+                merge_adapter=args.merge_adapter,
+                seed=args.seed,
+                device_map=device_map,
+            )
 
         # 4. Record the settings, then generate in batches, appending scored rows to results.csv (to this
         # process's shard in a distributed run).
@@ -135,7 +133,7 @@ def evaluate(args: TestArguments, options: GenerationOptions) -> None:
             info = dict(
                 limit=args.limit,
                 dataset_path=args.dataset_path,
-                model_name_or_path=args.model_name_or_path,
+                model_name_or_path=model_args.model_name_or_path,
                 adapter_path=args.adapter_path,
                 batch_size=args.batch_size,
                 processes=processes,
@@ -163,14 +161,19 @@ def evaluate(args: TestArguments, options: GenerationOptions) -> None:
     logger.info("wrote %s and %s", output_csv, output_dir / "metrics.json")
 
 
-def run_settings(args: TestArguments, options: GenerationOptions, task: str) -> dict:
+def run_settings(
+    args: TestArguments, model_args: ModelLoadingArguments, options: GenerationOptions, task: str
+) -> dict:
     """What defines the results rows, compared on a resume: the model's and adapter's weights, the questions and
-    how they are answered. Paths are not compared (a moved folder is the same model); the batch size is free."""
+    how they are answered. Paths are not compared (a moved folder is the same model); the batch size is free.
+    ``quantization`` is recorded as before --load_in_4bit / --load_in_8bit (None, "4bit", "8bit"): older run.json
+    files stay comparable."""
     from dataclasses import asdict
 
     from llama_squad import generation, models
 
     decoding = asdict(options)
+    quantization = models.quantization_name(model_args)
     if options.do_sample:
         decoding["seed"] = args.seed
     else:  # greedy: sampling options and the seed change nothing
@@ -179,12 +182,12 @@ def run_settings(args: TestArguments, options: GenerationOptions, task: str) -> 
     return {
         "task": task,
         "dataset": {"fingerprint": generation.dataset_fingerprint(args.dataset_path, args.split), "split": args.split},
-        "model": models.model_fingerprint(args.model_name_or_path),
+        "model": models.model_fingerprint(model_args.model_name_or_path, model_args.model_revision),
         "adapter": models.adapter_fingerprint(args.adapter_path) if args.adapter_path else None,
-        "merge_adapter": bool(args.adapter_path) and args.merge_adapter and not args.quantization,
-        "dtype": str(models.resolve_dtype(args.dtype)).removeprefix("torch."),
-        "quantization": args.quantization,
-        "attn_implementation": args.attn_implementation,
+        "merge_adapter": bool(args.adapter_path) and args.merge_adapter and not quantization,
+        "dtype": str(models.resolve_dtype(model_args.dtype)).removeprefix("torch."),
+        "quantization": quantization,
+        "attn_implementation": model_args.attn_implementation,
         "generation": decoding,
     }
 

@@ -101,16 +101,14 @@ def train(model_args: ModelArguments, script_args: ScriptArguments, config: Trai
         # 3. The model and tokenizer (the embedded default is converted from GGUF once, then cached: by the first
         # process of each machine, which the others wait for).
         with config.main_process_first(desc="preparing the model"):
-            model_path = models.resolve_model_path(
-                model_args.model_name_or_path, cache_dir=script_args.model_cache_dir
-            )
-        tokenizer = models.load_tokenizer(model_path, trust_remote_code=config.trust_remote_code)
+            model_path = models.resolve_model_path(model_args.model_name_or_path, cache_dir=model_args.model_cache_dir)
+        tokenizer = models.load_tokenizer(
+            model_path, trust_remote_code=config.trust_remote_code, revision=model_args.model_revision
+        )
         model = models.load_model(
             model_path,
-            dtype=model_args.dtype,
-            quantization=model_args.quantization,
+            model_args,
             trust_remote_code=config.trust_remote_code,
-            attn_implementation=model_args.attn_implementation,
             sharded=distributed.shards_parameters(config),
         )
         if model_args.fp16_overflow_guard:
@@ -173,6 +171,8 @@ def train(model_args: ModelArguments, script_args: ScriptArguments, config: Trai
                 Path(config.output_dir) / "merged",
                 models.resolve_dtype(merge_dtype),
                 tokenizer,
+                revision=model_args.model_revision,
+                trust_remote_code=config.trust_remote_code,
             )
             export.write_model_card(merged, export.MERGED, repo_id=script_args.hub_repo_id, **card)
             if script_args.hub_repo_id:

@@ -189,6 +189,7 @@ def main(argv=None) -> int:
         return 1
     import transformers
 
+    from llama_squad.config import ModelLoadingArguments
     from llama_squad.generation import GenerationOptions, Generator
     from llama_squad.models import load_for_inference
 
@@ -202,7 +203,7 @@ def main(argv=None) -> int:
         questions, split_size = load_questions(args.questions, args.seed)
         options = GenerationOptions(max_new_tokens=args.max_new_tokens)
         for label, adapter_path in (("zero-shot", None), ("adapter", adapter)):
-            model, tokenizer = load_for_inference(args.model, adapter_path=adapter_path)
+            model, tokenizer = load_for_inference(ModelLoadingArguments(args.model), adapter_path=adapter_path)
             transformers.set_seed(args.seed)
             generator = Generator(model, tokenizer, options)
             rows += measure_model(label, generator, questions, args, work / "results")

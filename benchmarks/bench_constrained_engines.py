@@ -99,13 +99,14 @@ def main(argv=None) -> int:
     import torch
     from transformers import LogitsProcessorList
 
+    from llama_squad.config import ModelLoadingArguments
     from llama_squad.constrain import ConstrainedLogitsProcessor, Constrainer
     from llama_squad.generation import GenerationOptions, Generator, left_pad
     from llama_squad.models import load_for_inference
     from llama_squad.tasks import squad_v2
 
     torch.set_num_threads(2)
-    model, tokenizer = load_for_inference(args.model_name_or_path, dtype="float32")
+    model, tokenizer = load_for_inference(ModelLoadingArguments(args.model_name_or_path, dtype="float32"))
     generator = Generator(model, tokenizer, GenerationOptions(max_new_tokens=args.max_new_tokens))
     examples = squad_examples(Path(args.squad_file), args.questions, args.seed)
     prompts = [generator.prompt_ids(ex["prompt"], last_turn=True)[0] for ex in examples]

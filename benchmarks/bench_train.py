@@ -140,11 +140,13 @@ def build_model(args, tokenizer):
     """The model to train, in bf16 on a GPU that supports it, float32 on the CPU; random ones seeded."""
     import torch
 
+    from llama_squad.config import ModelLoadingArguments
     from llama_squad.models import load_model, resolve_dtype, resolve_model_path
     from llama_squad.testing import random_llama
 
     if args.model == "embedded":
-        return load_model(resolve_model_path("embedded"), attn_implementation=args.attn_implementation)
+        loading = ModelLoadingArguments(attn_implementation=args.attn_implementation)
+        return load_model(resolve_model_path("embedded"), loading)
     return random_llama(
         tokenizer,
         seed=args.seed,

@@ -109,9 +109,10 @@ def load_model(name: str):
 
     if name == "tiny":
         return tiny_model("cuda" if torch.cuda.is_available() else "cpu")
+    from llama_squad.config import ModelLoadingArguments
     from llama_squad.models import load_for_inference
 
-    return load_for_inference(name)  # the GPU and bfloat16 when there is one, float32 on the CPU
+    return load_for_inference(ModelLoadingArguments(name))  # bfloat16 on a GPU that has it, float32 on the CPU
 
 
 # ---------------------------------------------------------------------------------------------------- machine

@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from llama_squad.answers import NO_ANSWER, parse_json_answer
+from llama_squad.config import ModelLoadingArguments
 from llama_squad.generation import ANSWER_PREFIX, GenerationOptions, Generator, load_generator, start_conversation
 from llama_squad.tasks import multiwoz, squad_v2
 from llama_squad.tasks.common import DEFAULT_SYSTEM_PROMPT
@@ -33,12 +34,9 @@ UNREADABLE_TEXT = "(no answer could be read from the model's output)"
 
 @dataclass
 class ChatArguments:
-    """Which model answers, how its prompts are built, and where the page is served."""
+    """Which adapter answers (the model: --model_name_or_path and the other loading options, as in train.py), how its
+    prompts are built, and where the page is served."""
 
-    model_name_or_path: str = field(
-        default="embedded",
-        metadata={"help": "Base or merged model: Hub id, folder, or 'embedded' (SmolLM2-135M-Instruct)."},
-    )
     adapter_path: str | None = field(
         default=None, metadata={"help": "A LoRA adapter folder (train.py's output_dir) to apply to the model."}
     )
@@ -61,11 +59,6 @@ class ChatArguments:
     merge_adapter: bool = field(
         default=True, metadata={"help": "Fold the adapter into the weights (as test.py does by default)."}
     )
-    dtype: str = field(default="auto", metadata={"help": "auto: bfloat16 on capable GPUs, float32 on CPU."})
-    quantization: str | None = field(default=None, metadata={"help": "Load the model in 4bit or 8bit (bitsandbytes)."})
-    attn_implementation: str | None = field(default=None, metadata={"help": "Attention kernel (sdpa, eager, ...)."})
-    trust_remote_code: bool = field(default=False, metadata={"help": "Run model code from the Hub."})
-    model_cache_dir: str | None = field(default=None, metadata={"help": "Where the embedded model is cached."})
     seed: int = field(default=42, metadata={"help": "Seed for sampling."})
     app: bool = field(default=False, metadata={"help": "Serve a Gradio page instead of asking in the terminal."})
     server_name: str = field(default="127.0.0.1", metadata={"help": "--app: the address to listen on."})
@@ -189,7 +182,7 @@ class Chat:
         raise RuntimeError("the model gave no answer")  # stream always ends with one
 
 
-def load_chat(args: ChatArguments, options: GenerationOptions) -> Chat:
+def load_chat(args: ChatArguments, model_args: ModelLoadingArguments, options: GenerationOptions) -> Chat:
     """The model (as test.py loads it) and a :class:`Chat` around it."""
 
     from llama_squad import models
@@ -200,8 +193,10 @@ def load_chat(args: ChatArguments, options: GenerationOptions) -> Chat:
         problems.append(f"--num_beams {options.num_beams}: the chat streams one answer; use 1 (greedy or sampling)")
     if problems:
         raise InputError("invalid options:\n  - " + "\n  - ".join(problems))
-    models.check_model_source(args.model_name_or_path)
-    generator = load_generator(args, options)
+    models.check_model_source(model_args.model_name_or_path, revision=model_args.model_revision)
+    generator = load_generator(
+        model_args, options, adapter_path=args.adapter_path, merge_adapter=args.merge_adapter, seed=args.seed
+    )
     return Chat(
         generator,
         prompt_style=args.prompt,
@@ -326,10 +321,10 @@ def main(argv: list[str] | None = None) -> int:
     from llama_squad.cli import parse_dataclasses, setup_logging
     from llama_squad.files import InputError
 
-    args, options = parse_dataclasses([ChatArguments, GenerationOptions], argv)
+    args, model_args, options = parse_dataclasses([ChatArguments, ModelLoadingArguments, GenerationOptions], argv)
     setup_logging()
     try:
-        chat = load_chat(args, options)
+        chat = load_chat(args, model_args, options)
         if args.app:
             app = build_app(chat)
             logger.info("serving on http://%s:%d (Ctrl-C stops)", args.server_name, args.server_port)

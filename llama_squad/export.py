@@ -56,9 +56,17 @@ def check_hub_access(repo_id: str, option: str = "--hub_repo_id", token: str | N
 
 
 def merge_adapter(
-    base_path: str, adapter_dir: str | os.PathLike, output_dir: str | os.PathLike, dtype, tokenizer
+    base_path: str,
+    adapter_dir: str | os.PathLike,
+    output_dir: str | os.PathLike,
+    dtype,
+    tokenizer,
+    *,
+    revision: str = "main",
+    trust_remote_code: bool = False,
 ) -> Path:
-    """Load the base model in ``dtype``, merge the LoRA adapter into it and save model + tokenizer (safetensors).
+    """Load the base model (at ``revision``) in ``dtype``, merge the LoRA adapter into it and save model + tokenizer
+    (safetensors).
 
     Pause tokens: the base model gets their rows before the adapter fills them, and ``pause_tokens.json`` goes with
     the merged model, which test.py then prompts as the adapter was trained."""
@@ -67,7 +75,9 @@ def merge_adapter(
 
     from llama_squad import pause
 
-    base = AutoModelForCausalLM.from_pretrained(base_path, dtype=dtype)
+    base = AutoModelForCausalLM.from_pretrained(
+        base_path, dtype=dtype, revision=revision, trust_remote_code=trust_remote_code
+    )
     pause.grow_embeddings(base, len(tokenizer))
     merged = PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
     with atomic_path(output_dir, is_dir=True) as tmp:
@@ -92,7 +102,11 @@ CARD_METRICS = {
 TASK_NAMES = {"squad_v2": "SQuAD v2", "multiwoz": "MultiWOZ"}
 # The options of run_config.yaml that make the recipe in a card (the whole resolved config travels as run_config.yaml).
 RECIPE_KEYS = {
-    "model": ("dtype", "quantization", "use_peft", "lora_r", "lora_alpha", "lora_dropout", "lora_target_modules"),
+    "model": (
+        "dtype", "load_in_4bit", "load_in_8bit", "use_peft", "lora_r", "lora_alpha", "lora_dropout",
+        "lora_target_modules", "use_rslora", "use_dora",
+        "quantization",  # run_config.yaml of the versions before load_in_4bit / load_in_8bit
+    ),
     "training": (
         "num_train_epochs", "max_steps", "per_device_train_batch_size", "gradient_accumulation_steps",
         "learning_rate", "lr_scheduler_type", "warmup_steps", "warmup_ratio", "weight_decay", "optim", "max_length",

@@ -17,6 +17,8 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from llama_squad.config import loading_option
+
 logger = logging.getLogger(__name__)
 
 # Keys of lm-eval's per-task results that are not scores.
@@ -48,9 +50,11 @@ class GeneralEvalArguments:
     num_fewshot: int | None = field(default=None, metadata={"help": "Few-shot examples (default: each task's)."})
     batch_size: int = field(default=8, metadata={"help": "lm-eval batch size."})
     device: str | None = field(default=None, metadata={"help": "cuda, cuda:0, cpu (default: cuda if available)."})
-    dtype: str = field(default="auto", metadata={"help": "auto: bfloat16 on capable GPUs, float32 on CPU."})
-    model_cache_dir: str | None = field(default=None, metadata={"help": "Where the embedded model is cached."})
-    trust_remote_code: bool = field(default=False, metadata={"help": "Run model code from the Hub."})
+    # as in train.py and test.py (the revision is the base model's; no 4/8-bit or attention options: lm-eval loads)
+    model_revision: str = loading_option("model_revision")
+    dtype: str = loading_option("dtype")
+    model_cache_dir: str | None = loading_option("model_cache_dir")
+    trust_remote_code: bool = loading_option("trust_remote_code")
     seed: int = field(default=1234, metadata={"help": "lm-eval's random, numpy, torch and few-shot seeds."})
 
     def task_names(self) -> list[str]:
@@ -203,7 +207,7 @@ def run(args: GeneralEvalArguments) -> list[dict]:
     manager = task_manager(args.include_path)
     tasks = args.task_names()
     check_tasks(tasks, manager)
-    models.check_model_source(args.model_name_or_path)
+    models.check_model_source(args.model_name_or_path, revision=args.model_revision)
     if args.adapter_path:
         models.check_adapter(args.adapter_path)
     else:
@@ -212,10 +216,12 @@ def run(args: GeneralEvalArguments) -> list[dict]:
     # 2. The base model (the embedded one as its converted folder), then the tuned one on the same examples.
     base_path = models.resolve_model_path(args.model_name_or_path, cache_dir=args.model_cache_dir)
     logger.info("evaluating the base model %s on %s", args.model_name_or_path, ", ".join(tasks))
-    base = evaluate_model(base_path, tasks, manager, args)
+    base = evaluate_model(base_path, tasks, manager, args, revision=args.model_revision)
     if args.adapter_path:
         logger.info("evaluating the base model with the adapter %s", args.adapter_path)
-        tuned = evaluate_model(base_path, tasks, manager, args, peft=str(args.adapter_path))
+        tuned = evaluate_model(
+            base_path, tasks, manager, args, revision=args.model_revision, peft=str(args.adapter_path)
+        )
     else:
         tuned_path = models.resolve_model_path(args.tuned_model_name_or_path, cache_dir=args.model_cache_dir)
         logger.info("evaluating the tuned model %s", tuned_path)

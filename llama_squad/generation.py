@@ -330,29 +330,33 @@ class Generator:
             previous = cache.select(rows) if cache is not None and rows else None
 
 
-def load_generator(args, options: GenerationOptions, device_map=None) -> Generator:
-    """The Generator of test.py and the chat: the model of ``args`` (its model_name_or_path, adapter_path, dtype,
-    quantization, attn_implementation, trust_remote_code, model_cache_dir, merge_adapter, seed), prompted with the
-    pause tokens it was trained with (pause_tokens.json beside it), if any."""
+def load_generator(
+    model_args,
+    options: GenerationOptions,
+    *,
+    adapter_path: str | None = None,
+    merge_adapter: bool = True,
+    seed: int = 42,
+    device_map=None,
+) -> Generator:
+    """The Generator of test.py and the chat: the model ``model_args`` (ModelLoadingArguments) name and say how to
+    load, with the adapter at ``adapter_path`` (see :func:`llama_squad.models.load_for_inference`), prompted with the
+    pause tokens it was trained with (pause_tokens.json beside it), if any; sampling seeded with ``seed``."""
     import transformers
 
     from llama_squad import models
     from llama_squad import pause as pause_tokens
 
     model, tokenizer = models.load_for_inference(
-        args.model_name_or_path,
-        adapter_path=args.adapter_path,
-        dtype=args.dtype,
-        quantization=args.quantization,
-        attn_implementation=args.attn_implementation,
-        trust_remote_code=args.trust_remote_code,
-        cache_dir=args.model_cache_dir,
-        merge_adapter=args.merge_adapter,
-        device_map=device_map,
+        model_args, adapter_path=adapter_path, merge_adapter=merge_adapter, device_map=device_map
     )
-    transformers.set_seed(args.seed)
-    trained = args.adapter_path or models.resolve_model_path(args.model_name_or_path, args.model_cache_dir)
-    return Generator(model, tokenizer, options, pause=pause_tokens.for_model(trained, tokenizer))
+    transformers.set_seed(seed)
+    if adapter_path:
+        pause = pause_tokens.for_model(adapter_path, tokenizer)
+    else:
+        trained = models.resolve_model_path(model_args.model_name_or_path, model_args.model_cache_dir)
+        pause = pause_tokens.for_model(trained, tokenizer, revision=model_args.model_revision)
+    return Generator(model, tokenizer, options, pause=pause)
 
 
 def batches_by_length(examples: list[dict], lengths: list[int], batch_size: int) -> Iterator[list[dict]]:

@@ -1,5 +1,6 @@
 """Resolve and load models: Hub ids, local folders and the embedded model's cache folder; tokenizers and adapters."""
 
+import dataclasses
 import importlib.util
 import json
 import logging
@@ -21,9 +22,8 @@ from llama_squad.files import InputError, fingerprint_files, read_json
 
 logger = logging.getLogger(__name__)
 
-# The values of --dtype ("auto": see resolve_dtype) and --quantization.
+# The values of --dtype ("auto": see resolve_dtype).
 DTYPES = ("auto", "bfloat16", "float16", "float32")
-QUANTIZATIONS = ("4bit", "8bit")
 # Tokens that exist only to pad, in the order they are tried when a tokenizer has no pad token.
 PAD_TOKEN_CANDIDATES = ("<pad>", "<|pad|>", "[PAD]", "<|padding|>", "<|finetune_right_pad_id|>")
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".safetensors.index.json", ".bin.index.json")
@@ -52,12 +52,19 @@ def resolve_model_path(model_name_or_path: str, cache_dir: str | os.PathLike | N
     return embedded_model_path(cache_dir)
 
 
-def check_model_source(model_name_or_path: str, option: str = "--model_name_or_path") -> None:
+def check_model_source(model_name_or_path: str, option: str = "--model_name_or_path", revision: str = "main") -> None:
     """Fail before any loading when ``model_name_or_path`` can be neither a model folder nor a Hub id.
 
     The embedded model needs its package; a folder needs a ``config.json``; a path that does not exist, or a Hub id
-    while ``HF_HUB_OFFLINE`` is set and the id is not in the local Hub cache, is named with the fix.
+    while ``HF_HUB_OFFLINE`` is set and the id (at ``revision``) is not in the local Hub cache, is named with the fix.
+    A ``revision`` other than main is for Hub ids only.
     """
+    if revision != "main" and (is_embedded(model_name_or_path) or Path(model_name_or_path).expanduser().exists()):
+        what = "the embedded model" if is_embedded(model_name_or_path) else "a local path"
+        raise ModelError(
+            f"--model_revision {revision}: a revision of a Hub model, but {option} {model_name_or_path} is {what}; "
+            "leave --model_revision out"
+        )
     if is_embedded(model_name_or_path):
         embedded_gguf_path()
         return
@@ -79,21 +86,24 @@ def check_model_source(model_name_or_path: str, option: str = "--model_name_or_p
     from huggingface_hub import try_to_load_from_cache
     from huggingface_hub.constants import HF_HUB_OFFLINE
 
-    if HF_HUB_OFFLINE and not isinstance(try_to_load_from_cache(model_name_or_path, "config.json"), str):
+    cached = try_to_load_from_cache(model_name_or_path, "config.json", revision=revision)
+    if HF_HUB_OFFLINE and not isinstance(cached, str):
+        at = f" at revision {revision}" if revision != "main" else ""
         raise ModelError(
-            f"{option} {model_name_or_path}: no such folder, and this Hub model is not in the local cache while "
+            f"{option} {model_name_or_path}: no such folder, and this Hub model{at} is not in the local cache while "
             "HF_HUB_OFFLINE is set: unset HF_HUB_OFFLINE to download it, or pass a model folder"
         )
 
 
-def model_fingerprint(model_name_or_path: str) -> str:
+def model_fingerprint(model_name_or_path: str, revision: str = "main") -> str:
     """What identifies a model's weights for a results record: the GGUF's package and size for the embedded model,
-    a sampled content hash of config and weights for a folder, the id for a Hub model."""
+    a sampled content hash of config and weights for a folder, the id (and a revision other than main) for a Hub
+    model."""
     if is_embedded(model_name_or_path):
         return "embedded:" + json.dumps(gguf_source(embedded_gguf_path()), sort_keys=True)
     path = Path(model_name_or_path).expanduser()
     if not path.is_dir():
-        return f"hub:{model_name_or_path}"
+        return f"hub:{model_name_or_path}" + (f"@{revision}" if revision != "main" else "")
     files = [p for p in path.iterdir() if p.is_file() and p.name.endswith(WEIGHT_SUFFIXES + ("config.json",))]
     return fingerprint_files(files, sample_bytes=1 << 22)
 
@@ -149,12 +159,16 @@ def choose_pad_token(tokenizer) -> str:
     return tokenizer.eos_token
 
 
-def load_tokenizer(path: str | os.PathLike, *, trust_remote_code: bool = False, padding_side: str = "right"):
+def load_tokenizer(
+    path: str | os.PathLike, *, trust_remote_code: bool = False, padding_side: str = "right", revision: str = "main"
+):
     """The tokenizer at ``path`` (Hub id or folder), with a pad token (``choose_pad_token``) if it had none."""
     from transformers import AutoTokenizer
 
     try:
-        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code, padding_side=padding_side)
+        tokenizer = AutoTokenizer.from_pretrained(
+            path, trust_remote_code=trust_remote_code, padding_side=padding_side, revision=revision
+        )
     except OSError as e:  # not found, not reachable, gated: transformers says which
         raise ModelError(f"{path}: cannot load its tokenizer ({str(e).strip().splitlines()[0]})") from None
     if tokenizer.pad_token is None:
@@ -177,89 +191,111 @@ def resolve_dtype(name: str | torch.dtype) -> torch.dtype:
     return getattr(torch, name)
 
 
-def quantization_config(quantization: str, dtype: torch.dtype, sharded: bool = False):
-    """A ``BitsAndBytesConfig``: "4bit" is NF4 with double quantization computing in ``dtype``; "8bit" is LLM.int8().
+def quantization_name(options) -> str | None:
+    """The quantization ``options`` ask for (``--load_in_4bit`` / ``--load_in_8bit``), for logs and results records:
+    None, "8bit", "4bit" (NF4 with double quantization, QLoRA's), or the other 4-bit kinds by name ("4bit fp4")."""
+    if options.load_in_8bit:
+        return "8bit"
+    if not options.load_in_4bit:
+        return None
+    if options.bnb_4bit_quant_type == "nf4" and options.use_bnb_nested_quant:
+        return "4bit"
+    return f"4bit {options.bnb_4bit_quant_type}" + (" double quant" if options.use_bnb_nested_quant else "")
 
-    ``sharded`` (FSDP or DeepSpeed ZeRO-3 shard the parameters): the 4-bit weights are stored packed in ``dtype``
-    (``bnb_4bit_quant_storage``) rather than uint8, since those engines shard floating-point tensors only, and the
-    model must then be loaded in that same ``dtype``.
+
+def quantization_config(options, sharded: bool = False):
+    """The ``BitsAndBytesConfig`` of ``options`` (ModelArguments or ModelLoadingArguments), None without
+    ``--load_in_4bit`` or ``--load_in_8bit``: TRL's (``trl.get_quantization_config``), computing in the resolved
+    ``--dtype``. By default 4bit is NF4 with double quantization (QLoRA's); 8bit is LLM.int8().
+
+    ``sharded`` (FSDP or DeepSpeed ZeRO-3 shard the parameters): the 4-bit weights are stored packed in the model's
+    dtype (``bnb_4bit_quant_storage``) rather than uint8, since those engines shard floating-point tensors only, and
+    the model must then be loaded in that same dtype.
 
     Without CUDA, recent bitsandbytes releases (0.50 is tested) quantize on the CPU: it works, saves memory and is
     slower than float32, so it suits tests more than training. Releases that cannot fail here, before loading.
     """
-    from transformers import BitsAndBytesConfig
+    from trl import get_quantization_config
 
-    if quantization not in QUANTIZATIONS:
-        raise ModelError(f"--quantization {quantization!r}: expected one of {', '.join(QUANTIZATIONS)}, or none")
+    if not (options.load_in_4bit or options.load_in_8bit):
+        return None
+    if options.load_in_4bit and options.load_in_8bit:
+        raise ModelError("--load_in_4bit and --load_in_8bit: choose one (4bit for QLoRA)")
+    flag = "--load_in_4bit" if options.load_in_4bit else "--load_in_8bit"
     if importlib.util.find_spec("bitsandbytes") is None:
-        raise ModelError(f"--quantization {quantization} needs bitsandbytes: pip install bitsandbytes")
+        raise ModelError(f"{flag} needs bitsandbytes: pip install bitsandbytes")
     if not torch.cuda.is_available():
-        _check_cpu_quantization(quantization)
-        logger.warning(
-            "--quantization %s without CUDA: bitsandbytes runs on the CPU, slower than float32", quantization
-        )
-    if quantization == "8bit":
-        return BitsAndBytesConfig(load_in_8bit=True)
-    return BitsAndBytesConfig(
-        load_in_4bit=True,
-        bnb_4bit_quant_type="nf4",
-        bnb_4bit_use_double_quant=True,
-        bnb_4bit_compute_dtype=dtype,
-        bnb_4bit_quant_storage=dtype if sharded else torch.uint8,
-    )
+        _check_cpu_quantization(flag)
+        logger.warning("%s without CUDA: bitsandbytes runs on the CPU, slower than float32", flag)
+    dtype = resolve_dtype(options.dtype)
+    storage = options.bnb_4bit_quant_storage
+    if sharded and options.load_in_4bit:
+        if storage is not None and getattr(torch, storage, None) != dtype:
+            raise ModelError(
+                f"--bnb_4bit_quant_storage {storage} under FSDP or ZeRO-3: the 4-bit weights must be stored in the "
+                f"model's dtype ({str(dtype).removeprefix('torch.')}), as those engines shard one dtype; leave the "
+                "option out"
+            )
+        storage = dtype
+    return get_quantization_config(dataclasses.replace(options, dtype=dtype, bnb_4bit_quant_storage=storage))
 
 
-def _check_cpu_quantization(quantization: str) -> None:
-    """Quantize a small tensor on the CPU, or say why ``--quantization`` cannot work on this machine."""
+def _check_cpu_quantization(flag: str) -> None:
+    """Quantize a small tensor on the CPU, or say why ``flag`` (--load_in_4bit, --load_in_8bit) cannot work here."""
     weight = torch.randn(64, 64)
     try:
         import bitsandbytes.functional as F
 
-        if quantization == "4bit":
+        if flag == "--load_in_4bit":
             F.quantize_4bit(weight, quant_type="nf4")
         else:
             F.int8_vectorwise_quant(weight.half())
     except Exception as e:  # RuntimeError, NotImplementedError, missing native library: all mean "no CPU support"
         raise ModelError(
-            f"--quantization {quantization}: this bitsandbytes ({metadata.version('bitsandbytes')}) cannot quantize "
-            f"without a CUDA GPU ({type(e).__name__}: {e}); drop --quantization, run on a CUDA GPU, or upgrade "
-            "bitsandbytes"
+            f"{flag}: this bitsandbytes ({metadata.version('bitsandbytes')}) cannot quantize without a CUDA GPU "
+            f"({type(e).__name__}: {e}); drop {flag}, run on a CUDA GPU, or upgrade bitsandbytes"
         ) from None
 
 
 def load_model(
     path: str | os.PathLike,
+    options,
     *,
-    dtype: str = "auto",
-    quantization: str | None = None,
     trust_remote_code: bool = False,
     device_map: str | dict | None = None,
-    attn_implementation: str | None = None,
     sharded: bool = False,
 ):
-    """``AutoModelForCausalLM`` from ``path`` in ``dtype`` (see ``resolve_dtype``), quantized with "4bit" or "8bit".
+    """``AutoModelForCausalLM`` from ``path`` (a folder or Hub id, see ``resolve_model_path``) as ``options`` say
+    (ModelArguments or ModelLoadingArguments): in ``dtype`` (see ``resolve_dtype``), at ``model_revision``, with
+    ``attn_implementation``, quantized with ``load_in_4bit`` or ``load_in_8bit`` (see ``quantization_config``).
 
     A quantized model without a ``device_map`` goes whole onto this process's GPU (``LOCAL_RANK``), or the CPU;
     unless ``sharded`` (FSDP or DeepSpeed ZeRO-3 will shard it): then it is loaded without a device map, the engine
-    placing its shards, and stores its 4-bit weights in ``dtype`` (see ``quantization_config``).
+    placing its shards, and stores its 4-bit weights in its dtype (see ``quantization_config``).
     """
     from transformers import AutoModelForCausalLM
 
-    torch_dtype = resolve_dtype(dtype)
+    torch_dtype = resolve_dtype(options.dtype)
     kwargs = {}
-    if quantization:
-        kwargs["quantization_config"] = quantization_config(quantization, torch_dtype, sharded=sharded)
+    quantization = quantization_config(options, sharded=sharded)
+    if quantization is not None:
+        kwargs["quantization_config"] = quantization
         if device_map is None and not sharded:
             device_map = {"": int(os.environ.get("LOCAL_RANK", 0)) if torch.cuda.is_available() else "cpu"}
-    if attn_implementation:
-        kwargs["attn_implementation"] = attn_implementation
+    if options.attn_implementation:
+        kwargs["attn_implementation"] = options.attn_implementation
     try:
         model = AutoModelForCausalLM.from_pretrained(
-            path, dtype=torch_dtype, device_map=device_map, trust_remote_code=trust_remote_code, **kwargs
+            path,
+            dtype=torch_dtype,
+            device_map=device_map,
+            trust_remote_code=trust_remote_code,
+            revision=options.model_revision,
+            **kwargs,
         )
     except OSError as e:  # not found, not reachable, missing weight files
         raise ModelError(f"{path}: cannot load the model ({str(e).strip().splitlines()[0]})") from None
-    quantized = f", {quantization}" if quantization else ""
+    quantized = f", {quantization_name(options)}" if quantization is not None else ""
     size = model.num_parameters() / 1e6
     dtype_name = str(torch_dtype).removeprefix("torch.")
     logger.info("loaded %s: %.0fM parameters, %s%s on %s", path, size, dtype_name, quantized, model.device)
@@ -267,20 +303,16 @@ def load_model(
 
 
 def load_for_inference(
-    model_name_or_path: str,
+    options,
     *,
     adapter_path: str | os.PathLike | None = None,
-    dtype: str = "auto",
-    quantization: str | None = None,
-    attn_implementation: str | None = None,
-    trust_remote_code: bool = False,
-    cache_dir: str | os.PathLike | None = None,
     merge_adapter: bool = True,
     device_map: str | dict | None = None,
 ):
-    """``(model, tokenizer)`` ready to generate: the model (on the GPU when there is one) with the LoRA adapter at
-    ``adapter_path`` applied, and the adapter folder's tokenizer (train.py saves it there), left-padded. Where that
-    tokenizer holds tokens training added (pause tokens), the model first gets their rows, which the adapter fills.
+    """``(model, tokenizer)`` ready to generate: the model ``options`` name and say how to load (ModelLoadingArguments:
+    see ``load_model``; on the GPU when there is one), with the LoRA adapter at ``adapter_path`` applied, and the
+    adapter folder's tokenizer (train.py saves it there), left-padded. Where that tokenizer holds tokens training
+    added (pause tokens), the model first gets their rows, which the adapter fills.
 
     With ``merge_adapter`` the adapter is folded into the weights (W + BA), so that generating costs what the base
     model costs instead of two extra matmuls per adapted layer; the answers are the same up to rounding. A quantized
@@ -289,20 +321,17 @@ def load_for_inference(
     evaluation passes its own device."""
     if adapter_path is not None:
         check_adapter(adapter_path)
-    path = resolve_model_path(model_name_or_path, cache_dir=cache_dir)
+    path = resolve_model_path(options.model_name_or_path, cache_dir=options.model_cache_dir)
     has_tokenizer = adapter_path is not None and (Path(adapter_path) / "tokenizer_config.json").is_file()
-    tokenizer_path = adapter_path if has_tokenizer else path
-    tokenizer = load_tokenizer(tokenizer_path, trust_remote_code=trust_remote_code, padding_side="left")
+    tokenizer = load_tokenizer(
+        adapter_path if has_tokenizer else path,
+        trust_remote_code=options.trust_remote_code,
+        padding_side="left",
+        revision="main" if has_tokenizer else options.model_revision,
+    )
     if device_map is None and torch.cuda.is_available():  # one process: the model spread over every GPU it needs
         device_map = "auto"
-    model = load_model(
-        path,
-        dtype=dtype,
-        quantization=quantization,
-        trust_remote_code=trust_remote_code,
-        device_map=device_map,
-        attn_implementation=attn_implementation,
-    )
+    model = load_model(path, options, trust_remote_code=options.trust_remote_code, device_map=device_map)
     if adapter_path is not None:
         from peft import PeftModel
 
@@ -310,7 +339,7 @@ def load_for_inference(
 
         grow_embeddings(model, len(tokenizer))  # the adapter's tokenizer added tokens (pause tokens): their rows
         model = PeftModel.from_pretrained(model, str(adapter_path))
-        if merge_adapter and not quantization:
+        if merge_adapter and not quantization_name(options):
             model = model.merge_and_unload()
             logger.info("applied the adapter %s (merged into the weights)", adapter_path)
         else:

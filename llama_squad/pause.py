@@ -188,14 +188,15 @@ def prepare_model(model, tokenizer, pause: PauseTokens) -> list[int]:
     return ids
 
 
-def for_model(model_dir: str | os.PathLike, tokenizer) -> "PauseTokens | None":
+def for_model(model_dir: str | os.PathLike, tokenizer, revision: str | None = None) -> "PauseTokens | None":
     """The pause tokens the model at ``model_dir`` was trained with (an adapter folder, a merged model's folder, or a
-    Hub id whose files are in the local cache), checked against its ``tokenizer``; None for a model without."""
+    Hub id, at ``revision``, whose files are in the local cache), checked against its ``tokenizer``; None for a model
+    without."""
     folder: Path | None = Path(model_dir)
     if not folder.is_dir():  # a Hub id: the file beside the model's other files in the local cache, if it has one
         from huggingface_hub import try_to_load_from_cache
 
-        cached = try_to_load_from_cache(str(model_dir), PAUSE_FILE)
+        cached = try_to_load_from_cache(str(model_dir), PAUSE_FILE, revision=revision)
         folder = Path(cached).parent if isinstance(cached, str) else None
     pause = load(folder)
     check_tokenizer(pause, tokenizer, str(model_dir))

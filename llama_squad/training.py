@@ -18,7 +18,7 @@ RUN_CONFIG = "run_config.yaml"
 def validate(model_args: ModelArguments, script_args: ScriptArguments, config: TrainConfig) -> None:
     """Check the options together before any long work; raise once, naming every problem and its flag."""
     from llama_squad.distributed import fsdp_enabled, sharding_engine
-    from llama_squad.models import QUANTIZATIONS, ModelError, check_model_source
+    from llama_squad.models import ModelError, check_model_source
     from llama_squad.tasks.common import dataset_folder_problem
 
     problems = []
@@ -26,13 +26,14 @@ def validate(model_args: ModelArguments, script_args: ScriptArguments, config: T
     if problem:
         problems.append(problem)
     try:
-        check_model_source(model_args.model_name_or_path)
+        check_model_source(model_args.model_name_or_path, revision=model_args.model_revision)
     except ModelError as e:
         problems.append(str(e))
-    if model_args.quantization not in (None, *QUANTIZATIONS):
-        problems.append(f"--quantization {model_args.quantization}: choose {' or '.join(QUANTIZATIONS)}")
-    if model_args.quantization and not model_args.use_peft:
-        problems.append("--quantization needs --use_peft: a quantized model can only be trained through an adapter")
+    for flag in ("load_in_4bit", "load_in_8bit"):
+        if getattr(model_args, flag) and not model_args.use_peft:
+            problems.append(f"--{flag} needs --use_peft: a quantized model can only be trained through an adapter")
+    if model_args.lora_task_type != "CAUSAL_LM":
+        problems.append(f"--lora_task_type {model_args.lora_task_type}: train.py trains causal LMs (CAUSAL_LM)")
     if script_args.push_adapter and not model_args.use_peft:
         problems.append(
             f"--push_adapter {script_args.push_adapter}: there is no adapter without --use_peft; push the full model "
@@ -106,18 +107,43 @@ def resolved_config(model_args, script_args, config) -> dict:
 
 
 # Options that decide what a checkpoint holds: resuming it under other values would fail inside the Trainer, or
-# silently train another model than the checkpoint's.
-# The pause tokens add embedding rows (a shape) and decide where the model reads them.
+# silently train another model than the checkpoint's (other base weights, another quantization of them, another
+# adapter scaling). The pause tokens add embedding rows (a shape) and decide where the model reads them.
 CHECKPOINT_SHAPE = (
     "model_name_or_path",
-    "quantization",
+    "model_revision",
+    "load_in_4bit",
+    "load_in_8bit",
+    "bnb_4bit_quant_type",
+    "use_bnb_nested_quant",
     "use_peft",
     "lora_r",
     "lora_alpha",
     "lora_target_modules",
+    "lora_target_parameters",
+    "lora_modules_to_save",
+    "use_rslora",
+    "use_dora",
     "pause_tokens",
     "pause_position",
 )
+
+
+def _comparable(config: dict) -> dict:
+    """A resolved config (run_config.yaml) as this version records it, for comparing: ``quantization: 4bit`` (or
+    8bit), the option before TRL's ``load_in_4bit`` / ``load_in_8bit``, becomes that flag; ``model_cache_dir``, once
+    a script option, is a model option; a one-entry ``lora_target_modules`` list is its entry (TRL's ModelConfig
+    records ``[all-linear]`` as ``all-linear``)."""
+    model, script = dict(config.get("model") or {}), dict(config.get("script") or {})
+    if "model_cache_dir" in script:
+        model.setdefault("model_cache_dir", script.pop("model_cache_dir"))
+    quantization = model.pop("quantization", None)
+    if quantization in ("4bit", "8bit"):  # it was always NF4 with double quantization, as the defaults now are
+        model[f"load_in_{quantization}"] = True
+    targets = model.get("lora_target_modules")
+    if isinstance(targets, list) and len(targets) == 1:
+        model["lora_target_modules"] = targets[0]
+    return {**config, "model": model, "script": script}
 
 
 def check_resume_config(resolved: dict, output_dir: str, checkpoint: str) -> None:
@@ -133,6 +159,7 @@ def check_resume_config(resolved: dict, output_dir: str, checkpoint: str) -> Non
         return
     if not isinstance(old, dict):
         return
+    old, resolved = _comparable(old), _comparable(resolved)
     changed = []
     # a model option the checkpoint's run did not record did not exist then: that run had its default behaviour
     defaults = {f.name: f.default for f in dataclasses.fields(ModelArguments) if f.default is not dataclasses.MISSING}
@@ -236,21 +263,15 @@ def load_training_data(script_args: ScriptArguments, tokenizer, max_length: int,
 
 
 def lora_config(model_args: ModelArguments, trainable_token_indices: list[int] | None = None):
-    """The LoRA adapter: on every linear layer except the output head by default; with
-    ``trainable_token_indices`` (the pause tokens) also those rows of the input embedding, and of the output layer
-    where it is tied to it, and no other row."""
-    from peft import LoraConfig
+    """The LoRA adapter of ``model_args`` (TRL's ``get_peft_config``): on every linear layer except the output head
+    by default; with ``trainable_token_indices`` (the pause tokens) also those rows of the input embedding, and of the
+    output layer where it is tied to it, and no other row."""
+    from trl import get_peft_config
 
-    targets = model_args.lora_target_modules
-    return LoraConfig(
-        task_type="CAUSAL_LM",
-        r=model_args.lora_r,
-        lora_alpha=model_args.lora_alpha,
-        lora_dropout=model_args.lora_dropout,
-        target_modules=targets[0] if targets == ["all-linear"] else targets,
-        bias="none",
-        trainable_token_indices=list(trainable_token_indices) if trainable_token_indices else None,
-    )
+    config = get_peft_config(model_args)
+    if trainable_token_indices:
+        config.trainable_token_indices = list(trainable_token_indices)
+    return config
 
 
 def build_trainer(model, tokenizer, config: TrainConfig, train_dataset, eval_dataset, peft_config, pause=None):
@@ -275,7 +296,9 @@ def build_trainer(model, tokenizer, config: TrainConfig, train_dataset, eval_dat
         collator = AnswerOnlyCollator(
             tokenizer.pad_token_id, pad_to_multiple_of=multiple, padding_free=config.padding_free
         )
-        config.padding_free = False  # done by our collator: TRL refuses padding_free with a max_length
+        # done by the collator: SFTTrainer refuses padding_free with a max_length (which we enforce by dropping
+        # longer examples) and with a collator given to it
+        config.padding_free = False
     trainer = SFTTrainer(
         model=model,
         args=config,

@@ -11,6 +11,7 @@ from datasets import load_from_disk
 import test as test_script
 from llama_squad import embedded, models
 from llama_squad.chat import NO_ANSWER_TEXT, UNREADABLE_TEXT, Answer, Chat, dialogue_history, run_terminal
+from llama_squad.config import ModelLoadingArguments
 from llama_squad.generation import GenerationOptions, Generator, start_conversation
 from llama_squad.tasks import multiwoz
 
@@ -42,7 +43,7 @@ def test_answer_shown_says_no_answer_plainly(answer, abstained, task, shown):
 
 @pytest.fixture(scope="module")
 def tiny_chat(tiny_model_dir):
-    model, tokenizer = models.load_for_inference(str(tiny_model_dir))
+    model, tokenizer = models.load_for_inference(ModelLoadingArguments(str(tiny_model_dir)))
     return Chat(Generator(model, tokenizer, GenerationOptions(max_new_tokens=12)))
 
 
@@ -136,7 +137,7 @@ def test_page_answers_as_test_py_on_the_embedded_model(tmp_path, tiny_dataset_di
     results = pd.read_csv(tmp_path / "eval" / "results.csv", dtype=str, keep_default_na=False).set_index("id")
     examples = load_from_disk(str(tiny_dataset_dir))["test"].select(range(3))
 
-    chat = load_chat(ChatArguments(), GenerationOptions(max_new_tokens=16, force_answer=True))
+    chat = load_chat(ChatArguments(), ModelLoadingArguments(), GenerationOptions(max_new_tokens=16, force_answer=True))
     app = build_app(chat)
     port = free_port()
     app.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)

@@ -1,4 +1,5 @@
-"""AnswerOnlyCollator: exact padded tensors, labels never taken from pad ids, padding-free rows."""
+"""AnswerOnlyCollator (TRL's collator, refusing what would not train answer-only): exact padded tensors, labels never
+taken from pad ids, padding-free rows."""
 
 import pytest
 import torch
@@ -11,11 +12,18 @@ BATCH = [
 ]
 
 
+# TRL's example boundaries of a padding-free row, for flash attention (int32, as TRL makes them)
+BOUNDARIES = {"cu_seq_lens_q": torch.int32, "cu_seq_lens_k": torch.int32, "seq_idx": torch.int32}
+
+
 def assert_batch(batch: dict, expected: dict) -> None:
     assert sorted(batch) == sorted(expected)
     for key, value in expected.items():
-        assert batch[key].dtype == torch.long, key
-        assert torch.equal(batch[key], torch.tensor(value)), (key, batch[key])
+        if isinstance(value, int):  # max_length_q / max_length_k
+            assert batch[key] == value, (key, batch[key])
+            continue
+        assert batch[key].dtype == BOUNDARIES.get(key, torch.long), key
+        assert torch.equal(batch[key], torch.tensor(value, dtype=batch[key].dtype)), (key, batch[key])
 
 
 def test_right_pads_ids_mask_and_labels():
@@ -75,7 +83,16 @@ def test_pad_to_multiple_of():
 def test_padding_free_concatenates_with_restarting_positions():
     assert_batch(
         AnswerOnlyCollator(pad_token_id=0, padding_free=True)(BATCH),
-        {"input_ids": [[5, 6, 7, 8, 9]], "position_ids": [[0, 1, 2, 0, 1]], "labels": [[-100, 6, 7, -100, 9]]},
+        {
+            "input_ids": [[5, 6, 7, 8, 9]],
+            "position_ids": [[0, 1, 2, 0, 1]],
+            "labels": [[-100, 6, 7, -100, 9]],
+            "cu_seq_lens_q": [0, 3, 5],
+            "cu_seq_lens_k": [0, 3, 5],
+            "max_length_q": 3,
+            "max_length_k": 3,
+            "seq_idx": [[0, 0, 0, 1, 1]],
+        },
     )
 
 
@@ -87,6 +104,12 @@ def test_padding_free_ignores_each_first_label_and_pads_to_a_multiple():
             "input_ids": [[5, 6, 7, 8, 9, 0, 0, 0]],
             "position_ids": [[0, 1, 0, 1, 2, 0, 0, 0]],
             "labels": [[-100, 6, -100, 8, 9, -100, -100, -100]],
+            # each padding position is a sequence of its own (position 0): it attends to itself only
+            "cu_seq_lens_q": [0, 2, 5, 6, 7, 8],
+            "cu_seq_lens_k": [0, 2, 5, 6, 7, 8],
+            "max_length_q": 3,
+            "max_length_k": 3,
+            "seq_idx": [[0, 0, 1, 1, 1, 2, 3, 4]],
         },
     )
 
@@ -101,3 +124,5 @@ def test_bad_input_is_refused_with_the_reason():
         collator([{"input_ids": [1, 2]}])
     with pytest.raises(ValueError, match="example 1 has 2 input_ids and 1 labels"):
         collator([BATCH[0], {"input_ids": [1, 2], "labels": [2]}])
+    with pytest.raises(ValueError, match="empty batch"):
+        collator([])

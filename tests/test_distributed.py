@@ -323,8 +323,9 @@ def test_sharded_4bit_weights_are_stored_in_the_compute_dtype(tiny_model_dir):
     pytest.importorskip("bitsandbytes")
     if torch.cuda.is_available():
         pytest.skip("checks the CPU path")
-    sharded = models.load_model(tiny_model_dir, dtype="bfloat16", quantization="4bit", sharded=True)
-    plain = models.load_model(tiny_model_dir, dtype="bfloat16", quantization="4bit")
+    options = ModelArguments(dtype="bfloat16", load_in_4bit=True)
+    sharded = models.load_model(tiny_model_dir, options, sharded=True)
+    plain = models.load_model(tiny_model_dir, options)
     up_sharded, up_plain = sharded.model.layers[0].mlp.up_proj.weight, plain.model.layers[0].mlp.up_proj.weight
     assert (sharded.hf_quantizer.quantization_config.bnb_4bit_quant_storage, up_sharded.dtype) == (torch.bfloat16,) * 2
     assert (plain.hf_quantizer.quantization_config.bnb_4bit_quant_storage, up_plain.dtype) == (torch.uint8,) * 2

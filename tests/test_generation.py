@@ -184,6 +184,7 @@ def test_shared_prefix_answers_equal_the_unshared_ones(tmp_path, tiny_model_dir,
     from conftest import write_squad
 
     import create_dataset
+    from llama_squad.config import ModelLoadingArguments
     from llama_squad.models import load_for_inference
     from llama_squad.results import read_results
 
@@ -200,7 +201,7 @@ def test_shared_prefix_answers_equal_the_unshared_ones(tmp_path, tiny_model_dir,
         limit = None
     assert create_dataset.main(argv) == 0
     examples = load_examples(str(data), "test", limit)
-    model, tokenizer = load_for_inference(str(tiny_model_dir))
+    model, tokenizer = load_for_inference(ModelLoadingArguments(str(tiny_model_dir)))
     outputs = {}
     for share in (False, True):
         generator = Generator(model, tokenizer, GenerationOptions(max_new_tokens=10, share_prefix=share))
@@ -214,9 +215,10 @@ def test_shared_prefix_answers_equal_the_unshared_ones(tmp_path, tiny_model_dir,
 def test_the_shared_prefix_runs_once_per_group(tiny_model_dir):
     """Three prompts of one group and one of another: the model sees the two distinct prefixes once, then each row's
     own tokens; the cache handed to generate has a row per prompt."""
+    from llama_squad.config import ModelLoadingArguments
     from llama_squad.models import load_for_inference
 
-    model, tokenizer = load_for_inference(str(tiny_model_dir))
+    model, tokenizer = load_for_inference(ModelLoadingArguments(str(tiny_model_dir)))
     generator = Generator(model, tokenizer, GenerationOptions(max_new_tokens=3))
     shared = list(range(100, 140))
     prompts = [shared + [7], shared + [8, 9], shared + [10], [200, 201, 202, 203]]

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from llama_squad import embedded, models
+from llama_squad.config import ModelArguments, ModelLoadingArguments
 from llama_squad.files import InputError
 
 HAS_SMOLLM2 = importlib.util.find_spec(embedded.EMBEDDED_PACKAGE) is not None
@@ -163,15 +164,47 @@ def test_a_pad_only_token_is_preferred_to_unk(tokenizers_dir):
 # quantization
 
 
-def test_quantization_configs(monkeypatch):
+@pytest.mark.parametrize("options", [ModelArguments, ModelLoadingArguments], ids=lambda c: c.__name__)
+def test_quantization_configs(monkeypatch, options):
+    """--load_in_4bit is QLoRA's NF4 with double quantization by default, computing in the resolved --dtype (auto:
+    bfloat16 on a GPU that has it); --load_in_8bit is LLM.int8(); neither: no quantization."""
     pytest.importorskip("bitsandbytes")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    config = models.quantization_config("4bit", torch.bfloat16)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: True)
+    config = models.quantization_config(options(load_in_4bit=True))
     assert (config.load_in_4bit, config.bnb_4bit_quant_type, config.bnb_4bit_use_double_quant) == (True, "nf4", True)
-    assert config.bnb_4bit_compute_dtype is torch.bfloat16
-    assert models.quantization_config("8bit", torch.float16).load_in_8bit
-    with pytest.raises(models.ModelError, match=r"--quantization '4-bit': expected one of 4bit, 8bit"):
-        models.quantization_config("4-bit", torch.float16)
+    assert (config.bnb_4bit_compute_dtype, config.bnb_4bit_quant_storage) == (torch.bfloat16, torch.uint8)
+    config = models.quantization_config(
+        options(load_in_4bit=True, dtype="float16", bnb_4bit_quant_type="fp4", use_bnb_nested_quant=False)
+    )
+    assert (config.bnb_4bit_compute_dtype, config.bnb_4bit_quant_type, config.bnb_4bit_use_double_quant) == (
+        torch.float16,
+        "fp4",
+        False,
+    )
+    config = models.quantization_config(options(load_in_8bit=True))
+    assert (config.load_in_8bit, config.load_in_4bit) == (True, False)
+    assert models.quantization_config(options()) is None
+    with pytest.raises(ValueError, match="--load_in_4bit and --load_in_8bit: choose one"):
+        options(load_in_4bit=True, load_in_8bit=True)
+
+
+def test_sharded_4bit_storage_is_the_model_dtype(monkeypatch):
+    pytest.importorskip("bitsandbytes")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    options = ModelLoadingArguments(load_in_4bit=True, dtype="bfloat16")
+    assert models.quantization_config(options, sharded=True).bnb_4bit_quant_storage is torch.bfloat16
+    options.bnb_4bit_quant_storage = "float32"
+    assert models.quantization_config(options).bnb_4bit_quant_storage is torch.float32  # asked for, not sharded
+    with pytest.raises(models.ModelError, match=r"--bnb_4bit_quant_storage float32 under FSDP or ZeRO-3: .*bfloat16"):
+        models.quantization_config(options, sharded=True)
+
+
+def test_quantization_names():
+    assert [models.quantization_name(ModelLoadingArguments(**kwargs)) for kwargs in (
+        {}, {"load_in_8bit": True}, {"load_in_4bit": True}, {"load_in_4bit": True, "bnb_4bit_quant_type": "fp4"},
+        {"load_in_4bit": True, "use_bnb_nested_quant": False},
+    )] == [None, "8bit", "4bit", "4bit fp4 double quant", "4bit nf4"]  # fmt: skip
 
 
 def test_quantization_without_cuda_fails_early_when_bitsandbytes_cannot_run_on_cpu(monkeypatch):
@@ -182,8 +215,8 @@ def test_quantization_without_cuda_fails_early_when_bitsandbytes_cannot_run_on_c
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.setattr(functional, "quantize_4bit", no_cpu_kernel)
-    with pytest.raises(models.ModelError, match=r"--quantization 4bit: .* cannot quantize without a CUDA GPU .*drop"):
-        models.load_model("never-loaded", quantization="4bit")
+    with pytest.raises(models.ModelError, match=r"--load_in_4bit: .* cannot quantize without a CUDA GPU .*drop"):
+        models.load_model("never-loaded", ModelLoadingArguments(load_in_4bit=True))
 
 
 def test_4bit_on_cpu_loads_and_runs(tiny_model_dir):
@@ -191,15 +224,25 @@ def test_4bit_on_cpu_loads_and_runs(tiny_model_dir):
     bnb = pytest.importorskip("bitsandbytes")
     if torch.cuda.is_available():
         pytest.skip("checks the CPU path")
-    model = models.load_model(tiny_model_dir, quantization="4bit")
+    model = models.load_model(tiny_model_dir, ModelLoadingArguments(load_in_4bit=True))
     assert isinstance(model.model.layers[0].mlp.up_proj, bnb.nn.Linear4bit)
     logits = model(torch.tensor([[1, 2, 3]])).logits
     assert logits.shape == (1, 3, model.config.vocab_size)
     assert torch.isfinite(logits).all()
 
 
+def test_a_revision_is_for_hub_ids_only(tiny_model_dir):
+    with pytest.raises(models.ModelError, match=r"--model_revision v2: a revision of a Hub model, but .* local path"):
+        models.check_model_source(str(tiny_model_dir), revision="v2")
+    models.check_model_source(str(tiny_model_dir), revision="main")
+    assert (models.model_fingerprint("org/model"), models.model_fingerprint("org/model", "v2")) == (
+        "hub:org/model",  # as results records had it before --model_revision
+        "hub:org/model@v2",
+    )
+
+
 def test_load_model_dtype(tiny_model_dir):
-    model = models.load_model(tiny_model_dir, dtype="bfloat16", attn_implementation="eager")
+    model = models.load_model(tiny_model_dir, ModelLoadingArguments(dtype="bfloat16", attn_implementation="eager"))
     assert model.dtype is torch.bfloat16
     assert model.config._attn_implementation == "eager"
 
@@ -215,12 +258,13 @@ def test_load_for_inference_applies_the_adapter_and_its_tokenizer(tiny_model_dir
     tokenizer.chat_template = "{{ 'adapter template' }}"
     tokenizer.save_pretrained(adapter_dir)
 
-    model, tokenizer = models.load_for_inference(str(tiny_model_dir), adapter_path=adapter_dir, merge_adapter=False)
+    options = ModelLoadingArguments(str(tiny_model_dir))
+    model, tokenizer = models.load_for_inference(options, adapter_path=adapter_dir, merge_adapter=False)
     assert isinstance(model, PeftModel) and not model.training
     assert tokenizer.chat_template == "{{ 'adapter template' }}"
     assert tokenizer.padding_side == "left"
     with pytest.raises(models.ModelError, match=r"--adapter_path .*: no adapter_config.json"):
-        models.load_for_inference(str(tiny_model_dir), adapter_path=tmp_path)
+        models.load_for_inference(options, adapter_path=tmp_path)
 
 
 def test_a_merged_adapter_gives_the_logits_of_the_adapter_beside_the_model(tiny_model_dir, tmp_path):
@@ -233,8 +277,9 @@ def test_a_merged_adapter_gives_the_logits_of_the_adapter_beside_the_model(tiny_
     config = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj"], init_lora_weights=False)
     get_peft_model(base, config).save_pretrained(adapter_dir)  # random A and B: the adapter changes the logits
 
-    beside, _ = models.load_for_inference(str(tiny_model_dir), adapter_path=adapter_dir, merge_adapter=False)
-    merged, _ = models.load_for_inference(str(tiny_model_dir), adapter_path=adapter_dir)
+    options = ModelLoadingArguments(str(tiny_model_dir))
+    beside, _ = models.load_for_inference(options, adapter_path=adapter_dir, merge_adapter=False)
+    merged, _ = models.load_for_inference(options, adapter_path=adapter_dir)
     assert not isinstance(merged, PeftModel) and not any(isinstance(m, LoraLayer) for m in merged.modules())
     ids = torch.tensor([[1, 50, 60, 70, 80, 90]])
     with torch.no_grad():

@@ -166,13 +166,67 @@ def test_options_are_checked_together(tmp_path):
 
     with pytest.raises(InputError) as error:
         training.validate(
-            ModelArguments(quantization="3bit", fp16_overflow_guard=True),
+            ModelArguments(load_in_4bit=True, use_peft=False, fp16_overflow_guard=True, lora_task_type="SEQ_CLS"),
             ScriptArguments(dataset_path=str(tmp_path / "nothing")),
             TrainConfig(output_dir=str(tmp_path), max_length=None),
         )
     message = str(error.value)
-    for flag in ("--dataset_path", "--quantization 3bit", "--max_length", "--fp16_overflow_guard"):
+    for flag in ("--dataset_path", "--load_in_4bit needs --use_peft", "--max_length", "--fp16_overflow_guard",
+                 "--lora_task_type SEQ_CLS"):  # fmt: skip
         assert flag in message
+
+
+def test_lora_is_trls_with_our_defaults():
+    """TRL's get_peft_config on ModelArguments: LoRA on all linear layers; one module name stays a list (PEFT reads a
+    string as a pattern over whole module names); pause-token rows are added to it."""
+    from llama_squad.config import ModelArguments
+
+    config = training.lora_config(ModelArguments())
+    assert (config.task_type, config.r, config.lora_alpha, config.lora_dropout, config.bias) == (
+        "CAUSAL_LM", 16, 32, 0.05, "none"
+    )  # fmt: skip
+    assert (config.target_modules, config.trainable_token_indices) == ("all-linear", None)
+    config = training.lora_config(ModelArguments(lora_target_modules=["q_proj"], use_rslora=True), [50, 51])
+    assert (config.target_modules, config.use_rslora, config.trainable_token_indices) == ({"q_proj"}, True, [50, 51])
+
+
+@pytest.mark.parametrize("argv", [["--quantization", "4bit"], ["--quantization=8bit"], ["recipe"]])
+def test_the_replaced_quantization_option_names_its_replacement(tmp_path, capsys, argv):
+    from llama_squad.cli import parse_dataclasses
+    from llama_squad.config import ModelArguments, ScriptArguments, TrainConfig
+
+    if argv == ["recipe"]:
+        path = tmp_path / "old.yaml"
+        path.write_text("quantization: 4bit\nlora_r: 8\n")
+        argv = ["--config", str(path)]
+    with pytest.raises(SystemExit) as exit:
+        parse_dataclasses([ModelArguments, ScriptArguments, TrainConfig], argv)
+    error = capsys.readouterr().err
+    assert exit.value.code == 2 and "quantization: replaced by TRL's load_in_4bit" in error
+    assert "pass --load_in_4bit or --load_in_8bit" in error
+
+
+def test_a_run_config_from_before_load_in_4bit_resumes_with_it(tmp_path):
+    """run_config.yaml of a QLoRA run recorded ``quantization: 4bit`` and ``lora_target_modules: [all-linear]``: the
+    same run now is --load_in_4bit, with TRL's ``all-linear``; without --load_in_4bit it is another model."""
+    from llama_squad.config import ModelArguments, ScriptArguments, TrainConfig
+
+    def resolved(**model):
+        return training.resolved_config(
+            ModelArguments(**model), ScriptArguments(), TrainConfig(output_dir=str(tmp_path))
+        )
+
+    old = json.loads(json.dumps(resolved(), default=str))
+    for key in ("load_in_4bit", "load_in_8bit", "bnb_4bit_quant_type", "use_bnb_nested_quant", "model_revision"):
+        del old["model"][key]
+    old["model"] |= {"quantization": "4bit", "lora_target_modules": ["all-linear"]}
+    old["script"]["model_cache_dir"] = old["model"].pop("model_cache_dir")
+    (tmp_path / training.RUN_CONFIG).write_text(yaml.safe_dump(old))
+    training.check_resume_config(resolved(load_in_4bit=True), str(tmp_path), "checkpoint-1")  # no error
+    with pytest.raises(InputError, match="--load_in_4bit True then, False now"):
+        training.check_resume_config(resolved(), str(tmp_path), "checkpoint-1")
+    with pytest.raises(InputError, match="--use_bnb_nested_quant True then, False now"):
+        training.check_resume_config(resolved(load_in_4bit=True, use_bnb_nested_quant=False), str(tmp_path), "c-1")
 
 
 def test_max_train_examples_is_a_seeded_sample_across_the_split(tiny_dataset_dir, smollm2_tokenizer_dir):
@@ -259,7 +313,7 @@ def test_scripts_help_exits_0(script):
 def test_qlora_4bit_trains_an_adapter_and_merges(tmp_path, tiny_model_dir, tiny_dataset_dir):
     pytest.importorskip("bitsandbytes")
     out = tmp_path / "qlora"
-    argv = train_argv(tiny_model_dir, tiny_dataset_dir, out, "--quantization", "4bit", "--max_steps", "2",
+    argv = train_argv(tiny_model_dir, tiny_dataset_dir, out, "--load_in_4bit", "--max_steps", "2",
                       "--save_steps", "10", "--eval_strategy", "no", "--merge")  # fmt: skip
     assert train.main(argv) == 0
     config = json.loads((out / "adapter_config.json").read_text())
@@ -288,6 +342,6 @@ def test_every_training_recipe_runs_main(path, tmp_path, tiny_model_dir, tiny_da
     assert (out / "adapter_model.safetensors").exists()
     saved = yaml.safe_load((out / "run_config.yaml").read_text())
     recipe = yaml.safe_load(path.read_text())
-    for key in ("lora_r", "lora_alpha", "quantization"):
+    for key in ("lora_r", "lora_alpha", "load_in_4bit"):
         if key in recipe:
             assert saved["model"][key] == recipe[key], key
