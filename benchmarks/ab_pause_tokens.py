@@ -1,9 +1,10 @@
 """A/B of learned pause tokens: the same data, steps and seed, trained and tested with N = 0 and with N > 0 pause
 tokens (before the answer in the assistant turn, and at the end of the user turn), in one run.
 
-    # CPU, the embedded SmolLM2-135M-Instruct (~1 h on 2 cores): 1,000 training questions of dev articles 0-24,
-    # one epoch, tested on the first 300 questions of articles 25-34
-    python benchmarks/ab_pause_tokens.py --train_questions 1000 --test_questions 300 --json_out ab_pause.json
+    # CPU, the embedded SmolLM2-135M-Instruct (~1.5 h on 2 cores): 200 training questions of dev articles 0-24,
+    # one epoch in batches of 4 x 2 (a batch of 8 long questions can pass 20 GB), the first 300 of articles 25-34
+    python benchmarks/ab_pause_tokens.py --train_questions 200 --batch_size 4 --gradient_accumulation_steps 2 \\
+        --test_questions 300 --json_out ab_pause.json
 
     # a quick check of the script (a few minutes)
     python benchmarks/ab_pause_tokens.py --train_questions 64 --test_questions 16 --max_steps 4
