@@ -3,7 +3,7 @@ zero-shot and with a short-trained adapter, each with none, json and extractive;
 HasAns/NoAns split, questions/s and its ratio against `none` of the same model.
 
     # CPU: 300 questions; an adapter trained first on 200 dev-split training questions (one epoch, batches of 4 x 2
-    # accumulated, as benchmarks/ab_pause_tokens.py trains its arms): about 20 min of training, 30 of generation
+    # accumulated, as benchmarks/ab_pause_tokens.py trains its arms): about 20 min of training, 36 of generation
     python benchmarks/bench_constrained.py --questions 300 --json_out bench_constrained.json
     # with an adapter trained already (train.py's output_dir)
     python benchmarks/bench_constrained.py --adapter output/smollm2 --json_out bench_constrained.json

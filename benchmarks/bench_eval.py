@@ -10,13 +10,19 @@ questions in one run (goal on a GPU: >= 20x with SmolLM2-135M-Instruct on the 3,
     python benchmarks/bench_eval.py --model embedded --limit 3856 --batch_size 64 --baseline_limit 300 \
         --json_out bench_eval.json
 
-MultiWOZ (--task multiwoz): prefix sharing against the unshared path, on the same first --turns user turns of the
-MultiWOZ 2.1 test split (30 questions a turn at slot level, 5 at domain level; the answer format and the dialogue
-first, the question last), same model, batch size and options, greedy; --json_out gets {"speedup",
-"identical_outputs", "turns", "questions", ...}:
+MultiWOZ (--task multiwoz): prefix sharing against the unshared path on the same user turns of the MultiWOZ 2.1 test
+split (30 questions a turn at slot level, 5 at domain level; the answer format and the dialogue first, the question
+last), same model, batch size and options, greedy, interleaved --chunk_turns turns at a time (ABBA order, so that a
+busy machine slows both alike). The turns: whole dialogues drawn with --seed until they hold --turns turns
+(--sample random, the default: the split's mix of short and long histories), or the first --turns turns (--sample
+first: early, short histories, where sharing saves least). The speed-up grows with the prompt, so the report also
+fits each path's seconds per question to the chunks' prompt lengths and sums that line over the prompt lengths of
+all 7,372 test turns: the projected time of the split and its speed-up. --json_out gets {"speedup",
+"identical_outputs", "turns", "questions", "speedup_projected_test_split", ...}:
 
-    python benchmarks/bench_eval.py --task multiwoz --model embedded --turns 20 --batch_size 30 --max_new_tokens 12
-    python benchmarks/bench_eval.py --task multiwoz --granularity domain --model embedded --turns 20 --batch_size 32
+    python benchmarks/bench_eval.py --task multiwoz --model embedded --turns 36 --batch_size 30 --max_new_tokens 12
+    python benchmarks/bench_eval.py --task multiwoz --granularity domain --model embedded --turns 36 --batch_size 30 \
+        --chunk_turns 6
 
 Multi-turn SQuAD prompts (--prompt multi_turn: is there an answer? the span? as JSON?) the same way, on the first
 --limit test questions in order: shared, each turn starts from the cache of the previous one (and a paragraph's
@@ -91,7 +97,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--json_out", default=None, help="Also write the figures to this JSON file.")
     parser.add_argument("--task", choices=["squad_v2", "multiwoz"], default="squad_v2", help="See the docstring.")
     parser.add_argument("--granularity", choices=list(QUESTIONS_PER_TURN), default="slot", help="MultiWOZ questions.")
-    parser.add_argument("--turns", type=int, default=10, help="MultiWOZ: the first N user turns of the test split.")
+    parser.add_argument("--turns", type=int, default=10, help="MultiWOZ: about N user turns of the test split.")
+    parser.add_argument(
+        "--sample",
+        choices=["random", "first"],
+        default="random",
+        help="MultiWOZ: whole dialogues drawn with --seed (the split's mix of history lengths), or the first ones.",
+    )
+    parser.add_argument(
+        "--chunk_turns", type=int, default=2, help="MultiWOZ: turns per chunk of the interleaved timing."
+    )
     parser.add_argument(
         "--prompt",
         choices=["single_turn", "multi_turn"],
@@ -223,56 +238,145 @@ def batching_main(args) -> int:
 # ---------------------------------------------------------------------------------------------------- sharing
 
 
-def load_turns(granularity: str, turns: int) -> list[dict]:
-    """The questions of the first ``turns`` user turns of the MultiWOZ 2.1 test split, as create_dataset.py builds."""
+def load_turns(granularity: str, turns: int, sample: str, seed: int) -> tuple[list[dict], list[dict]]:
+    """(the questions of about ``turns`` user turns of the MultiWOZ 2.1 test split, as create_dataset.py builds them;
+    the first question of every turn of the split, to compare prompt lengths with).
+
+    ``sample``: ``first``, the first whole dialogues in file order (short, early histories: the slowest case for
+    sharing); ``random``, whole dialogues drawn with ``seed`` until they hold ``turns`` turns, so that the turns have
+    the split's mix of history lengths and the time per turn projects to the whole split without bias.
+    """
+    import random
+
     from datasets.utils.logging import disable_progress_bar
 
-    from llama_squad.tasks.multiwoz import Arguments, build_dataset
+    from llama_squad.tasks.multiwoz import Arguments
+    from llama_squad.tasks.multiwoz.dataset import build_split
+    from llama_squad.tasks.multiwoz.prompts import make_questions
+    from llama_squad.tasks.multiwoz.readers import read_dialogues
+    from llama_squad.tasks.multiwoz.schema import default_slots
 
     disable_progress_bar()
-    per_turn = QUESTIONS_PER_TURN[granularity]
-    dialogues = max(2, turns // 6 + 2)  # ~7 user turns a dialogue: enough dialogues for the turns asked
-    options = Arguments(
-        task="multiwoz", output_dir="", train_file=str(MULTIWOZ21 / "val.json.zip"),
-        test_file=str(MULTIWOZ21 / "test.json.zip"), granularity=granularity, max_dialogues_per_split=dialogues,
-    )  # fmt: skip
-    test = build_dataset(options)["test"]
-    return [dict(row) for row in test.select(range(min(len(test), turns * per_turn)))]
+    options = Arguments(task="multiwoz", output_dir="", test_file=str(MULTIWOZ21 / "test.json.zip"))
+    questions = make_questions(default_slots(), granularity, options.list_categorical_values)
+    dialogues = read_dialogues(MULTIWOZ21 / "test.json.zip")
+    order = random.Random(seed).sample(dialogues, len(dialogues)) if sample == "random" else dialogues
+    picked, held = [], 0
+    for dialogue in order:
+        if held >= turns:
+            break
+        picked.append(dialogue)
+        held += len(dialogue.user_positions)
+    rows, _ = build_split(picked, questions, system_prompt=options.system_prompt)
+    rows = [dict(r) for r in rows]
+    if sample == "first":  # exactly the first ``turns`` turns
+        rows = rows[: turns * QUESTIONS_PER_TURN[granularity]]
+    every_turn, _ = build_split(dialogues, questions[:1], system_prompt=options.system_prompt)
+    return rows, [dict(r) for r in every_turn]
 
 
-def sharing_questions(args, cuda: bool) -> tuple[list[dict], int, int, int | None, str]:
-    """(questions, batch size, max_new_tokens, user turns (MultiWOZ), what the questions are, for the report)."""
+def prompt_lengths(tokenizer, questions: list[dict]) -> list[int]:
+    from llama_squad.tokenization import tokenize_prompt
+
+    return [len(tokenize_prompt(tokenizer, q["prompt"])) for q in questions]
+
+
+def split_projection(runs: dict, per_turn: int, sample_first: list[int], split_first: list[int]) -> dict[str, float]:
+    """Each path's seconds for the whole test split, from its chunks: seconds per question fitted as a line of the
+    chunk's mean prompt length (least squares), summed over the split's turns at their own prompt lengths. A turn's
+    mean prompt is its first question's plus the sample's mean difference between the two."""
+    import numpy as np
+
+    offset = runs["shared"]["mean_prompt_tokens"] - float(np.mean(sample_first))
+    lengths = np.asarray(split_first, dtype=float) + offset
+    seconds = {}
+    for label, run in runs.items():
+        x = [c["mean_prompt_tokens"] for c in run["chunks"]]
+        y = [c["seconds"] / c["questions"] for c in run["chunks"]]
+        slope, intercept = np.polyfit(x, y, 1)
+        seconds[label] = per_turn * float(np.sum(intercept + slope * lengths))
+    return seconds
+
+
+def sharing_questions(args, cuda: bool) -> tuple[list[dict], int, int, int | None, str, list[dict] | None]:
+    """(questions, batch size, max_new_tokens, user turns (MultiWOZ), what the questions are, for the report, and
+    (MultiWOZ) the first question of every test turn)."""
     max_new_tokens = args.max_new_tokens or 24
     if args.task == "multiwoz":
         batch_size = args.batch_size or (QUESTIONS_PER_TURN[args.granularity] * (4 if cuda else 1))
-        questions = load_turns(args.granularity, args.turns)
+        questions, every_turn = load_turns(args.granularity, args.turns, args.sample, args.seed)
         turns = len({(q["dialogue_id"], q["turn"]) for q in questions})
-        what = f"{len(questions):,} ({args.granularity} level) of the first {turns} test turns of MultiWOZ 2.1"
-        return questions, batch_size, max_new_tokens, turns, what
+        dialogues = len({q["dialogue_id"] for q in questions})
+        which = "the first" if args.sample == "first" else f"randomly drawn (seed {args.seed}) whole"
+        what = (
+            f"{len(questions):,} ({args.granularity} level) of {turns} test turns of MultiWOZ 2.1, in {dialogues} "
+            f"{which} dialogues"
+        )
+        return questions, batch_size, max_new_tokens, turns, what, every_turn
     # the first questions of the dev-split test articles, in order (a paragraph's questions together)
     batch_size = args.batch_size or (64 if cuda else 16)
     questions, total = load_questions(args.limit or 64, None, args.prompt)
     what = f"the first {len(questions):,} of the {total:,} dev-split test questions, {args.prompt} prompts"
-    return questions, batch_size, max_new_tokens, None, what
+    return questions, batch_size, max_new_tokens, None, what, None
 
 
-def sharing_runs(model, tokenizer, questions: list[dict], batch_size: int, max_new_tokens: int, cuda: bool) -> dict:
-    """The unshared path, then prefix sharing, on the same questions; peak memory of each run."""
+def sharing_runs(model, tokenizer, chunks: list[list[dict]], batch_size: int, max_new_tokens: int, cuda: bool) -> dict:
+    """The unshared path and prefix sharing on the same questions, interleaved chunk by chunk (ABBA order: a busy
+    machine slows both alike); each path's figures summed over the chunks, its peak memory the largest of a chunk."""
     import torch
 
     from llama_squad.generation import GenerationOptions, Generator
 
-    runs = {}
+    labels = ("unshared", "shared")
+    generators = {
+        label: Generator(model, tokenizer, GenerationOptions(max_new_tokens=max_new_tokens, share_prefix=share))
+        for label, share in zip(labels, (False, True), strict=True)
+    }
+    runs: dict[str, dict] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for label, share in (("unshared", False), ("shared", True)):
-            generator = Generator(
-                model, tokenizer, GenerationOptions(max_new_tokens=max_new_tokens, share_prefix=share)
-            )
-            reset_peak_rss()
-            run = timed_run(generator, questions, batch_size, Path(tmp), label)
-            run["peak_memory_mib"] = torch.cuda.max_memory_allocated() / 2**20 if cuda else peak_rss_mib()
-            runs[label] = run
+        for k, chunk in enumerate(chunks):
+            for label in labels if k % 2 == 0 else labels[::-1]:
+                reset_peak_rss()
+                run = timed_run(generators[label], chunk, batch_size, Path(tmp) / str(k), label, warm=k == 0)
+                run["peak_memory_mib"] = torch.cuda.max_memory_allocated() / 2**20 if cuda else peak_rss_mib()
+                run["chunks"] = [{k: run[k] for k in ("questions", "seconds", "mean_prompt_tokens")}]
+                runs[label] = add_runs(runs[label], run) if label in runs else run
     return runs
+
+
+def add_runs(total: dict, run: dict) -> dict:
+    """Two timed runs of one path on different questions, as one."""
+    questions = total["questions"] + run["questions"]
+    seconds = total["seconds"] + run["seconds"]
+    tokens = total["generated_tokens"] + run["generated_tokens"]
+    return {
+        "questions": questions,
+        "batch_size": run["batch_size"],
+        "seconds": seconds,
+        "questions_per_s": questions / seconds,
+        "generated_tokens": tokens,
+        "tokens_per_s": tokens / seconds,
+        "mean_prompt_tokens": (
+            total["mean_prompt_tokens"] * total["questions"] + run["mean_prompt_tokens"] * run["questions"]
+        )
+        / questions,
+        "peak_memory_mib": max(total["peak_memory_mib"], run["peak_memory_mib"]),
+        "outputs": {**total["outputs"], **run["outputs"]},
+        "chunks": total.get("chunks", []) + run.get("chunks", []),
+    }
+
+
+def turn_chunks(questions: list[dict], turns_per_chunk: int) -> list[list[dict]]:
+    """The questions in chunks of whole turns (MultiWOZ: same dialogue and turn), in order."""
+    chunks, seen = [], []
+    for q in questions:
+        turn = (q["dialogue_id"], q["turn"])
+        if not seen or turn != seen[-1]:
+            seen.append(turn)
+            if (len(seen) - 1) % turns_per_chunk == 0:
+                chunks.append([])
+        chunks[-1].append(q)
+    return chunks
 
 
 def peak_rss_mib() -> float:
@@ -333,6 +437,15 @@ def print_sharing_report(args, figures: dict, runs: dict, what: str, cuda: bool)
               f"{figures['seconds_per_turn_shared']:.2f} s shared; the {TEST_TURNS_21:,} test turns: "
               f"{figures['projected_test_split_hours_unshared']:.1f} h unshared, "
               f"{figures['projected_test_split_hours_shared']:.1f} h shared on this machine")  # fmt: skip
+    if "mean_prompt_tokens_split_first_question" in figures:
+        print(f"  mean prompt of a turn's first question: {figures['mean_prompt_tokens_sample_first_question']:.0f} "
+              f"tokens in this sample, {figures['mean_prompt_tokens_split_first_question']:.0f} over the "
+              f"{TEST_TURNS_21:,} test turns (the projection above holds as far as these agree)")  # fmt: skip
+    if "speedup_projected_test_split" in figures:
+        hours = figures["projected_test_split_hours_fit"]
+        print(f"  fitted to the split's prompt lengths (seconds per question as a line of the prompt length, per "
+              f"chunk): {hours['unshared']:.1f} h unshared, {hours['shared']:.1f} h shared for the test split, "
+              f"{figures['speedup_projected_test_split']:.2f}x")  # fmt: skip
 
 
 def sharing_main(args) -> int:
@@ -348,10 +461,27 @@ def sharing_main(args) -> int:
     setup_logging(logging.WARNING)
     cuda = torch.cuda.is_available()
     load_before = load_average()
-    questions, batch_size, max_new_tokens, turns, what = sharing_questions(args, cuda)
+    questions, batch_size, max_new_tokens, turns, what, every_turn = sharing_questions(args, cuda)
     model, tokenizer = load_model(args.model)
-    runs = sharing_runs(model, tokenizer, questions, batch_size, max_new_tokens, cuda)
-    setting = {"max_new_tokens": max_new_tokens, "batch_size": batch_size}
+    if args.task == "multiwoz":
+        chunks = turn_chunks(questions, args.chunk_turns)
+    else:  # whole paragraphs stay together in batch_size-question chunks only by chance: the same chunks for both
+        chunks = [questions[i : i + 4 * batch_size] for i in range(0, len(questions), 4 * batch_size)]
+    runs = sharing_runs(model, tokenizer, chunks, batch_size, max_new_tokens, cuda)
+    setting = {"max_new_tokens": max_new_tokens, "batch_size": batch_size, "chunks": len(chunks)}
+    if every_turn is not None:
+        setting["sample"] = args.sample
+        setting["seed"] = args.seed
+        setting["dialogues"] = len({q["dialogue_id"] for q in questions})
+        first = questions[0]["id"].rsplit("/", 1)[1]  # ids: dialogue/turn/question
+        sample_first = prompt_lengths(tokenizer, [q for q in questions if q["id"].rsplit("/", 1)[1] == first])
+        split_first = prompt_lengths(tokenizer, every_turn)
+        setting["mean_prompt_tokens_sample_first_question"] = sum(sample_first) / len(sample_first)
+        setting["mean_prompt_tokens_split_first_question"] = sum(split_first) / len(split_first)
+        if len(chunks) >= 3:
+            fitted = split_projection(runs, QUESTIONS_PER_TURN[args.granularity], sample_first, split_first)
+            setting["projected_test_split_hours_fit"] = {label: t / 3600 for label, t in fitted.items()}
+            setting["speedup_projected_test_split"] = fitted["unshared"] / fitted["shared"]
     figures = sharing_figures(args, model, runs, setting, turns, [load_before, load_average()])
     print_sharing_report(args, figures, runs, what, cuda)
     if args.json_out:

@@ -182,16 +182,18 @@ def best_time(function, repeats: int, *args) -> tuple[float, object]:
     return best, result
 
 
-def timed_run(generator, questions: list[dict], batch_size: int, folder: Path, label: str) -> dict:
-    """Warm up, then time test.py's ``run_generation`` end to end; its figures and raw outputs by id."""
+def timed_run(generator, questions: list[dict], batch_size: int, folder: Path, label: str, warm: bool = True) -> dict:
+    """Warm up (unless ``warm`` is false: the model already ran this batch size), then time test.py's
+    ``run_generation`` end to end; its figures and raw outputs by id."""
     import torch
 
     from llama_squad.generation import GenerationOptions, Generator, run_generation
     from llama_squad.results import read_results
 
-    warm = Generator(generator.model, generator.tokenizer, GenerationOptions(max_new_tokens=2))
-    prompt = warm.prompt_ids(questions[0]["prompt"], last_turn=True)[0]
-    warm.generate([prompt] * min(batch_size, len(questions)))
+    if warm:
+        warmer = Generator(generator.model, generator.tokenizer, GenerationOptions(max_new_tokens=2))
+        prompt = warmer.prompt_ids(questions[0]["prompt"], last_turn=True)[0]
+        warmer.generate([prompt] * min(batch_size, len(questions)))
     cuda = torch.cuda.is_available()
     if cuda:
         torch.cuda.synchronize()
