@@ -339,7 +339,7 @@ def sharing_runs(model, tokenizer, chunks: list[list[dict]], batch_size: int, ma
                 reset_peak_rss()
                 run = timed_run(generators[label], chunk, batch_size, Path(tmp) / str(k), label, warm=k == 0)
                 run["peak_memory_mib"] = torch.cuda.max_memory_allocated() / 2**20 if cuda else peak_rss_mib()
-                run["chunks"] = [{k: run[k] for k in ("questions", "seconds", "mean_prompt_tokens")}]
+                run["chunks"] = [{key: run[key] for key in ("questions", "seconds", "mean_prompt_tokens")}]
                 runs[label] = add_runs(runs[label], run) if label in runs else run
     return runs
 
@@ -362,19 +362,19 @@ def add_runs(total: dict, run: dict) -> dict:
         / questions,
         "peak_memory_mib": max(total["peak_memory_mib"], run["peak_memory_mib"]),
         "outputs": {**total["outputs"], **run["outputs"]},
-        "chunks": total.get("chunks", []) + run.get("chunks", []),
+        "chunks": total["chunks"] + run["chunks"],
     }
 
 
 def turn_chunks(questions: list[dict], turns_per_chunk: int) -> list[list[dict]]:
     """The questions in chunks of whole turns (MultiWOZ: same dialogue and turn), in order."""
-    chunks, seen = [], []
+    chunks, last, turns = [], None, 0
     for q in questions:
         turn = (q["dialogue_id"], q["turn"])
-        if not seen or turn != seen[-1]:
-            seen.append(turn)
-            if (len(seen) - 1) % turns_per_chunk == 0:
+        if turn != last:
+            if turns % turns_per_chunk == 0:
                 chunks.append([])
+            last, turns = turn, turns + 1
         chunks[-1].append(q)
     return chunks
 
@@ -465,7 +465,7 @@ def sharing_main(args) -> int:
     model, tokenizer = load_model(args.model)
     if args.task == "multiwoz":
         chunks = turn_chunks(questions, args.chunk_turns)
-    else:  # whole paragraphs stay together in batch_size-question chunks only by chance: the same chunks for both
+    else:  # SQuAD: chunks of 4 batches, the same for both paths (a paragraph cut by a chunk's edge shares less)
         chunks = [questions[i : i + 4 * batch_size] for i in range(0, len(questions), 4 * batch_size)]
     runs = sharing_runs(model, tokenizer, chunks, batch_size, max_new_tokens, cuda)
     setting = {"max_new_tokens": max_new_tokens, "batch_size": batch_size, "chunks": len(chunks)}

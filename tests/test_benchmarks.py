@@ -37,6 +37,7 @@ def test_turn_chunks_keep_whole_turns_in_order(bench_eval):
 def test_add_runs_sums_time_and_weights_the_mean_prompt(bench_eval):
     def run(questions, seconds, tokens, prompt, peak, outputs):
         return {
+            "chunks": [{"questions": questions}],
             "questions": questions, "batch_size": 30, "seconds": seconds, "questions_per_s": questions / seconds,
             "generated_tokens": tokens, "tokens_per_s": tokens / seconds, "mean_prompt_tokens": prompt,
             "peak_memory_mib": peak, "outputs": outputs,
@@ -50,6 +51,7 @@ def test_add_runs_sums_time_and_weights_the_mean_prompt(bench_eval):
     assert total["mean_prompt_tokens"] == pytest.approx((30 * 100 + 90 * 200) / 120)
     assert total["peak_memory_mib"] == 900.0
     assert total["outputs"] == {"a": "1", "b": "2"}
+    assert total["chunks"] == [{"questions": 30}, {"questions": 90}]
 
 
 def test_random_turn_sample_takes_whole_dialogues(bench_eval):
