@@ -213,6 +213,8 @@ class Generator:
         ``grammars[i]`` (``--constrain``): what the answer of prompt ``i`` may be (None: anything).
         ``previous``: the cache of the previous turn of these rows, whose prompts extend it: only the new tokens run.
         """
+        from llama_squad.kv_cache import make_room, preallocated_cache
+
         kwargs = self.options.generate_kwargs(self.stop_ids, self.pad_id)
         prefixes = None
         if previous is None and prefix_lengths is not None and self.options.shares_prefixes and min(prefix_lengths):
@@ -230,11 +232,14 @@ class Generator:
             kwargs["logits_processor"] = LogitsProcessorList([processor])
         if previous is not None:
             input_ids, attention_mask = previous.extend(prompts, self.pad_id)
-            kwargs[cache_kwarg(self.model)] = previous.cache
+            cache = previous.cache
         elif prefixes is None or len(set(prefixes)) == len(prefixes):  # nothing shared: one pass, as is
             input_ids, attention_mask = left_pad(prompts, self.pad_id)
+            cache = preallocated_cache(self.model, 0) if self.options.num_beams == 1 else None
         else:
             input_ids, attention_mask, cache = self.shared_prefix_cache(prompts, prefixes)
+        if cache is not None:  # decoding writes each step into the room left for it (llama_squad.kv_cache)
+            make_room(cache, self.options.max_new_tokens)
             kwargs[cache_kwarg(self.model)] = cache
         device = self.model.device
         out = self.model.generate(
@@ -281,22 +286,27 @@ class Generator:
         among themselves: ``[pad.. prefix][pad.. own tokens]``, the pads masked; the positions that ``generate``
         derives from the mask are those of the prompt alone.
         """
+        from llama_squad.kv_cache import make_room, preallocated_cache
+
         distinct = list(dict.fromkeys(prefixes))
         group = {prefix: k for k, prefix in enumerate(distinct)}
         device = self.model.device
         prefix_ids, prefix_mask = left_pad([list(p) for p in distinct], self.pad_id)
         positions = (prefix_mask.cumsum(-1) - 1).clamp(min=0)
-        out = self.model(
+        cache = preallocated_cache(self.model, 0)
+        self.model(
             input_ids=prefix_ids.to(device),
             attention_mask=prefix_mask.to(device),
             position_ids=positions.to(device),
             use_cache=True,
+            logits_to_keep=1,  # only the cache is wanted: no logits over the whole prefix
+            **{cache_kwarg(self.model): cache},
         )
-        cache = out["cache"] if "cache" in out else out["past_key_values"]
-        rows = [group[prefix] for prefix in prefixes]
-        cache.batch_select_indices(torch.tensor(rows, device=device))
         own = [p[len(prefix) :] for p, prefix in zip(prompts, prefixes, strict=True)]
         own_ids, own_mask = left_pad(own, self.pad_id)
+        make_room(cache, own_ids.shape[1] + self.options.max_new_tokens)  # the prompts' own tokens, then the answers
+        rows = [group[prefix] for prefix in prefixes]
+        cache.batch_select_indices(torch.tensor(rows, device=device))
         input_ids = torch.cat([prefix_ids[rows], own_ids], dim=1)
         attention_mask = torch.cat([prefix_mask[rows], own_mask], dim=1)
         return input_ids, attention_mask, cache
