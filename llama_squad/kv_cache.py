@@ -1,12 +1,12 @@
 """A key/value cache that appends a decoding step in place instead of copying the whole cache.
 
-transformers' ``DynamicLayer`` appends each new token with ``torch.cat``: every decoding step copies the keys and
-values of every row, prompt included, to a new tensor. With 30 questions over a 500-token dialogue that copy is
-half of a decoding step's time on a CPU (``torch.profiler``: ``aten::cat`` 49% of a shared-prefix turn's
-``generate``). :class:`PreallocatedLayer` keeps its keys and values in a buffer with room for the tokens still to come
-and writes each step into it: the layer's ``keys``/``values`` are views of the filled columns, so everything else
-``DynamicLayer`` does (lengths, masks, ``batch_select_indices``, ``crop``, beam reordering) works unchanged, and the
-attention reads the same numbers as before.
+transformers' ``DynamicLayer`` appends each new token with ``torch.cat``: every decoding step allocates new keys and
+values for every row, prompt included, and copies the old ones into them, so for a moment a layer is held twice.
+:class:`PreallocatedLayer` keeps its keys and values in a buffer with room for the tokens still to come and writes
+each step into it. Its ``keys``/``values`` are views of the filled columns, so everything else ``DynamicLayer`` does
+(lengths, masks, ``crop``, selecting rows) works unchanged, and the attention reads the same numbers. A prefix shared
+by several prompts is copied once, straight into each row's buffer (``batch_select_indices`` with room for the
+prompts' own tokens and their answers): nothing is copied again while they are answered.
 """
 
 import torch

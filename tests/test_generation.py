@@ -172,6 +172,14 @@ def test_prefix_groups_join_consecutive_prompts_that_share_most_tokens():
     # a full group starts another one; the shared length never takes a prompt's last token
     assert prefix_groups(turn_a, batch_size=2) == [([0, 1], 7), ([2], 7)]
     assert prefix_groups([[1, 2, 3], [1, 2, 3]], batch_size=8) == [([0, 1], 2)]
+    # the turns of one dialogue: each extends the dialogue before it, then asks three questions; a group per turn,
+    # though a turn shares most of its tokens with the next (joined, the later turn's questions would each feed
+    # the new dialogue on their own)
+    dialogue, turns = list(range(1000, 1060)), []
+    for turn in range(3):
+        dialogue = dialogue + list(range(2000 + 100 * turn, 2040 + 100 * turn))  # a reply and the user's next words
+        turns += [dialogue + [90, 91, 92 + question] for question in range(3)]
+    assert [members for members, _ in prefix_groups(turns, batch_size=9)] == [[0, 1, 2], [3, 4, 5], [6, 7, 8]]
     lengths = [len(p) for p in prompts]
     batches = list(batches_of_groups(prefix_groups(prompts, 8), lengths, batch_size=4))
     assert batches == [[(0, 7), (1, 7), (2, 7)], [(3, 7), (4, 7), (5, 2)]]  # whole groups, longest first
