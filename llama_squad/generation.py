@@ -120,9 +120,8 @@ def grouped_query_attention_on_cpu(device):
     mask with it; otherwise it copies each layer's keys and values once per query head (``repeat_kv``). torch's CPU
     kernel takes a mask with ``enable_gqa`` and gives the same numbers (``tests/test_kv_cache.py``). It matters when
     several tokens attend to a long cache: the 30 slot questions of a MultiWOZ turn after their shared dialogue read
-    three copies of its keys and values per layer without it (SmolLM2: 9 query heads, 3 key/value heads). On 2 cores,
-    a 560-token turn took 3.8 s with it, 4.7 s without (best of 3). transformers reads the variable at each call;
-    releases without it ignore it.
+    three copies of its keys and values per layer without it (SmolLM2: 9 query heads, 3 key/value heads).
+    transformers reads the variable at each call; releases without it ignore it.
     """
     if torch.device(device).type != "cpu" or os.environ.get(SDPA_GQA_VARIABLE) is not None:
         yield

@@ -60,9 +60,12 @@ class PreallocatedLayer(DynamicLayer):
             return
         self.key_buffer = allocate(self.keys, len(indices), filled + self.room)
         self.value_buffer = allocate(self.values, len(indices), filled + self.room)
-        for row, source in enumerate(indices.tolist()):
-            self.key_buffer[row, :, :filled] = self.keys[source]
-            self.value_buffer[row, :, :filled] = self.values[source]
+        row = 0
+        sources, counts = torch.unique_consecutive(indices, return_counts=True)
+        for source, count in zip(sources.tolist(), counts.tolist(), strict=True):  # a copy per run of equal rows
+            self.key_buffer[row : row + count, :, :filled] = self.keys[source]
+            self.value_buffer[row : row + count, :, :filled] = self.values[source]
+            row += count
         self.keys = self.key_buffer[:, :, :filled]
         self.values = self.value_buffer[:, :, :filled]
 
