@@ -44,6 +44,13 @@ class TestArguments:
             "(never into a --load_in_4bit or --load_in_8bit model)."
         },
     )
+    allow_base_mismatch: bool = field(
+        default=False,
+        metadata={
+            "help": "Apply --adapter_path even to another base model than the one it was trained on (a warning "
+            "instead of an error)."
+        },
+    )
     split: str = field(default="test", metadata={"help": "Which split to answer."})
     limit: int | None = field(default=None, metadata={"help": "Answer only the first N questions (quick runs)."})
     batch_size: int = field(default=32, metadata={"help": "Questions generated together (sorted by prompt length)."})
@@ -81,6 +88,7 @@ def evaluate(args: TestArguments, model_args: ModelLoadingArguments, options: Ge
     from accelerate import PartialState
 
     from llama_squad import distributed, generation, models, results
+    from llama_squad import pause as pause_tokens
     from llama_squad.files import InputError, output_lock
     from llama_squad.summary import constraint_label, format_table, metrics_table, run_name
     from llama_squad.tasks import get_task
@@ -93,6 +101,10 @@ def evaluate(args: TestArguments, model_args: ModelLoadingArguments, options: Ge
     models.check_model_source(model_args.model_name_or_path, revision=model_args.model_revision)
     if args.adapter_path is not None:
         models.check_adapter(args.adapter_path)
+        models.check_adapter_base(
+            args.adapter_path, model_args.model_name_or_path, model_args.model_revision, args.allow_base_mismatch
+        )
+    pause_tokens.check_file(args.adapter_path or model_args.model_name_or_path)
     settings = run_settings(args, model_args, options, examples[0]["task"])
     output_dir = Path(args.output_dir)
     output_csv = output_dir / "results.csv"

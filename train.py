@@ -56,10 +56,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def train(model_args: ModelArguments, script_args: ScriptArguments, config: TrainConfig) -> None:
-    from llama_squad import checkpoints, distributed, export, models, training
+    from llama_squad import distributed, export, models, outputs, training
     from llama_squad import pause as pause_tokens
     from llama_squad.files import output_lock
-    from llama_squad.plotting import plot_losses
     from llama_squad.stability import add_fp16_overflow_guard
 
     # 0. One process, or one of several (accelerate launch / torchrun): the others log warnings only.
@@ -125,63 +124,40 @@ def train(model_args: ModelArguments, script_args: ScriptArguments, config: Trai
             )
         logger.info("training on %d examples, validating on %d", len(train_data), len(eval_data or []))
 
-        # 5. Train (saving the resolved config beside the checkpoints first).
-        if main_process:
-            training.save_run_config(resolved, config.output_dir)
+        # 5. Train (saving the resolved config beside the checkpoints first), unless the checkpoint to resume from
+        # is the run's last step: a finished run re-run changes nothing.
         peft_config = training.lora_config(model_args, pause_ids) if model_args.use_peft else None
         trainer = training.build_trainer(model, tokenizer, config, train_data, eval_data, peft_config, pause)
-        logger.info("%s", distributed.describe_batch(config))
-        trainer.train(resume_from_checkpoint=checkpoint)
-
-        # 6. Save the adapter (or full model): every process takes part (FSDP and ZeRO-3 gather the shards), the
-        # main one writes. Then, on the main process only: tokenizer, chat template, losses.
-        if trainer.is_fsdp_enabled:  # whole adapter weights, loadable without FSDP (checkpoints stay sharded)
-            trainer.accelerator.state.fsdp_plugin.set_state_dict_type("FULL_STATE_DICT")
-        trainer.save_model(config.output_dir)
-        trainer.save_state()
+        planned = outputs.planned_steps(config, len(trainer.train_dataset))
+        finished = outputs.finished_step(checkpoint, planned)
+        if finished is None:
+            if main_process:
+                training.save_run_config(resolved, config.output_dir)
+            logger.info("%s", distributed.describe_batch(config))
+            trainer.train(resume_from_checkpoint=checkpoint)
+            # Save the adapter (or full model): every process takes part (FSDP and ZeRO-3 gather the shards), the
+            # main one writes.
+            if trainer.is_fsdp_enabled:  # whole adapter weights, loadable without FSDP (checkpoints stay sharded)
+                trainer.accelerator.state.fsdp_plugin.set_state_dict_type("FULL_STATE_DICT")
+            trainer.save_model(config.output_dir)
+            trainer.save_state()
+        else:
+            logger.info(
+                "training finished at step %d of %d (%s): nothing to train; writing only what is missing",
+                finished, planned, checkpoint,
+            )  # fmt: skip
+            if main_process:
+                outputs.restore_final_save(config.output_dir, checkpoint, adapter=model_args.use_peft)
         if not main_process:
             return
-        if model_args.use_peft and (problem := checkpoints.adapter_problem(config.output_dir)):
-            raise RuntimeError(
-                f"the adapter was not saved whole: {problem}. Under FSDP, PEFT can miss LoRA weights whose names "
-                "nested FSDP units rewrote: train on one GPU or with DDP (configs/accelerate/ddp.yaml)"
-            )
-        tokenizer.save_pretrained(config.output_dir)
-        pause_tokens.save(pause, config.output_dir)  # test.py prompts with them, as in training
-        if plot_losses(
-            trainer.state.log_history, Path(config.output_dir) / "loss.png", title=Path(config.output_dir).name
-        ):
-            logger.info("wrote %s", Path(config.output_dir) / "loss.png")
 
-        # 7. Merge the adapter into the base model, write the model cards, push (main process only: the others
-        # have finished).
-        card = dict(
-            base_model=model_args.model_name_or_path,
-            dataset_path=script_args.dataset_path,
-            config=resolved,
-            metrics=export.read_metrics(config.output_dir),
-            train_examples=len(train_data),
-            task=export.dataset_task(script_args.dataset_path),
-        )
-        if script_args.merge and model_args.use_peft:
-            merge_dtype = model_args.dtype if script_args.merge_dtype == "auto" else script_args.merge_dtype
-            merged = export.merge_adapter(
-                model_path,
-                config.output_dir,
-                Path(config.output_dir) / "merged",
-                models.resolve_dtype(merge_dtype),
-                tokenizer,
-                revision=model_args.model_revision,
-                trust_remote_code=config.trust_remote_code,
-            )
-            export.write_model_card(merged, export.MERGED, repo_id=script_args.hub_repo_id, **card)
-            if script_args.hub_repo_id:
-                export.push_folder(merged, script_args.hub_repo_id)
-            logger.info("wrote %s (merged model)", merged)
-        kind = export.ADAPTER if model_args.use_peft else export.MERGED
-        export.write_model_card(config.output_dir, kind, repo_id=script_args.push_adapter, **card)
-        if script_args.push_adapter:
-            export.push_adapter(config.output_dir, script_args.push_adapter, model_args.model_name_or_path)
+        # 6. Tokenizer, pause tokens, loss plot, merged model, model cards, pushes (main process only).
+        run = outputs.RunOutputs(
+            config.output_dir, model_path, model_args, script_args, resolved, len(train_data), pause,
+            trust_remote_code=config.trust_remote_code,
+        )  # fmt: skip
+        log_history = trainer.state.log_history if finished is None else training.saved_log_history(config.output_dir)
+        outputs.write_outputs(run, tokenizer, log_history, only_missing=finished is not None)
     logger.info(
         "wrote %s (adapter, tokenizer, %srun_config.yaml, loss.png)",
         config.output_dir,

@@ -59,6 +59,13 @@ class ChatArguments:
     merge_adapter: bool = field(
         default=True, metadata={"help": "Fold the adapter into the weights (as test.py does by default)."}
     )
+    allow_base_mismatch: bool = field(
+        default=False,
+        metadata={
+            "help": "Apply --adapter_path even to another base model than the one it was trained on (a warning "
+            "instead of an error)."
+        },
+    )
     seed: int = field(default=42, metadata={"help": "Seed for sampling."})
     app: bool = field(default=False, metadata={"help": "Serve a Gradio page instead of asking in the terminal."})
     server_name: str = field(default="127.0.0.1", metadata={"help": "--app: the address to listen on."})
@@ -194,6 +201,11 @@ def load_chat(args: ChatArguments, model_args: ModelLoadingArguments, options: G
     if problems:
         raise InputError("invalid options:\n  - " + "\n  - ".join(problems))
     models.check_model_source(model_args.model_name_or_path, revision=model_args.model_revision)
+    if args.adapter_path is not None:
+        models.check_adapter(args.adapter_path)
+        models.check_adapter_base(
+            args.adapter_path, model_args.model_name_or_path, model_args.model_revision, args.allow_base_mismatch
+        )
     generator = load_generator(
         model_args, options, adapter_path=args.adapter_path, merge_adapter=args.merge_adapter, seed=args.seed
     )

@@ -1,8 +1,12 @@
 """Shared plumbing of the top-level scripts: logging setup and dataclass argument parsing."""
 
 import dataclasses
+import errno
 import logging
+import os
+import shutil
 import sys
+from pathlib import Path
 
 
 def log_format(rank: int | None = None) -> str:
@@ -105,3 +109,87 @@ def read_recipe(path: str) -> dict:
             "mapping of option: value (see configs/)"
         )
     return recipe
+
+
+# ---------------------------------------------------------------------------------------------------- errors
+
+# What to do about the OS errors a user can fix, by errno: every entry point says it in one line, naming the path.
+OS_ERROR_FIXES = {
+    errno.ENOSPC: "the disk is full{free}: free some space on it, or write to another disk",
+    errno.EDQUOT: "the disk quota is used up: free some space, or write to another disk",
+    errno.EROFS: "a read-only file system: write to a folder on a writable disk",
+    errno.EACCES: "permission denied: make it writable (or readable, for an input), or choose another path",
+    errno.EPERM: "not permitted: make it writable (or readable, for an input), or choose another path",
+    errno.ENOTDIR: "a part of this path is a file, not a folder: choose another path",
+    errno.EISDIR: "a folder where a file is wanted: choose another path",
+    errno.EEXIST: "already exists: remove it, or choose another path",
+    errno.ENOENT: "no such file or folder: check the path",
+    errno.ENAMETOOLONG: "the name is too long for the file system: choose a shorter path",
+    errno.EMFILE: "too many open files: raise the limit (ulimit -n) and run again",
+}
+# Libraries that write from C++ or Rust (torch.save, safetensors) raise other errors for the same causes: the
+# words of their messages that tell which.
+FOREIGN_OS_ERRORS = (
+    ("No space left on device", errno.ENOSPC),
+    ("StorageFull", errno.ENOSPC),
+    ("Disk quota exceeded", errno.EDQUOT),
+    ("Read-only file system", errno.EROFS),
+    ("ReadOnlyFilesystem", errno.EROFS),
+    ("Permission denied", errno.EACCES),
+    ("PermissionDenied", errno.EACCES),
+)
+LOW_DISK_BYTES = 1 << 20  # less free space than this where a write failed: the disk was full
+
+
+def os_error_of(error: BaseException, where: str | os.PathLike | None = None) -> OSError | None:
+    """The OS error behind ``error``: itself, one it was raised from, or one that a library's message names (torch's
+    ``PytorchStreamWriter ... file write failed`` says no more: where ``where``'s disk has under 1 MiB free, the disk
+    was full). None for other errors."""
+    seen = error
+    while seen is not None:
+        if isinstance(seen, OSError) and (seen.errno is not None or seen.filename is not None):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    text = str(error)
+    for words, code in FOREIGN_OS_ERRORS:
+        if words in text:
+            return OSError(code, os.strerror(code), str(where) if where else None)
+    if "file write failed" in text and where is not None and free_bytes(where) < LOW_DISK_BYTES:
+        return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(where))
+    return None
+
+
+def free_bytes(path: str | os.PathLike) -> int:
+    """Free bytes on the disk that holds ``path`` (or its nearest existing parent); a large number if unknown."""
+    path = Path(path).absolute()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    try:
+        return shutil.disk_usage(path).free
+    except OSError:
+        return 1 << 62
+
+
+def describe_os_error(error: OSError, where: str | os.PathLike | None = None) -> str:
+    """One line for an OS error: the path (the error's, else ``where``), what happened and what to do."""
+    path = error.filename or where
+    fix = OS_ERROR_FIXES.get(error.errno)
+    if fix is not None and "{free}" in fix:
+        free = free_bytes(path) if path else None
+        fix = fix.format(free=f" ({free / 1e6:.1f} MB free)" if free is not None and free < 1 << 40 else "")
+    reason = error.strerror or str(error)
+    text = f"{reason}: {fix}" if fix else reason
+    return f"{path}: {text}" if path else text
+
+
+def user_error(error: BaseException, where: str | os.PathLike | None = None) -> str | None:
+    """The one-line message of an error the user can fix, or None for a fault of the program (which keeps its
+    traceback): bad input (:class:`llama_squad.files.InputError`, whose message names the file and the fix) or an OS
+    error (a full disk, a read-only folder, a file where a folder is wanted; ``where``: the path to name when the
+    error names none, such as the output folder)."""
+    from llama_squad.files import InputError
+
+    if isinstance(error, InputError):
+        return str(error)
+    os_error = os_error_of(error, where)
+    return describe_os_error(os_error, where) if os_error is not None else None

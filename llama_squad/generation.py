@@ -387,6 +387,7 @@ def load_generator(
     from llama_squad import models
     from llama_squad import pause as pause_tokens
 
+    pause_tokens.check_file(adapter_path or model_args.model_name_or_path)  # before the model loads
     model, tokenizer = models.load_for_inference(
         model_args, adapter_path=adapter_path, merge_adapter=merge_adapter, device_map=device_map
     )
@@ -527,6 +528,7 @@ def run_generation(
         conversation.next_prompt = generator.prompt_ids(conversation.messages, last_turn=conversation.turns_left == 1)
         conversations[ex["id"]] = conversation
     lengths = [len(conversations[ex["id"]].next_prompt[0]) for ex in todo]
+    warn_beyond_context(generator, todo, lengths)
     if generator.options.shares_prefixes:
         groups = prefix_groups([conversations[ex["id"]].next_prompt[0] for ex in todo], batch_size)
         batches = []
@@ -548,6 +550,27 @@ def run_generation(
         bar.set_postfix(q_per_s=f"{done / (time.perf_counter() - start):.2f}")
     bar.close()
     return done, time.perf_counter() - start
+
+
+def warn_beyond_context(generator: Generator, examples: list[dict], lengths: list[int]) -> int:
+    """Warn once when prompts and their answers (``--max_new_tokens``) run past the model's context
+    (``max_position_embeddings``): the model answers them all the same, from positions it was never trained on.
+    Returns how many do."""
+    context = getattr(generator.model.config, "max_position_embeddings", None)
+    if not context:
+        return 0
+    budget = generator.options.max_new_tokens
+    beyond = [(n, ex["id"]) for ex, n in zip(examples, lengths, strict=True) if n + budget > context]
+    if beyond:
+        longest, first = max(beyond)
+        logger.warning(
+            "%d of %d prompts with their answers (--max_new_tokens %d) run past the model's context of %d tokens "
+            "(the longest: %d tokens, question %s): the model answers them from positions it was never trained on, "
+            "and such answers are unreliable; leave these questions out of the dataset, or use a model with a longer "
+            "context",
+            len(beyond), len(examples), budget, context, longest, first,
+        )  # fmt: skip
+    return len(beyond)
 
 
 def save_metrics(metrics: dict, path: str | Path) -> None:

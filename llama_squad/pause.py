@@ -101,6 +101,13 @@ def load(folder: str | os.PathLike | None) -> "PauseTokens | None":
     return PauseTokens(tuple(tokens), position)
 
 
+def check_file(model_dir: str | os.PathLike | None) -> None:
+    """Read the ``pause_tokens.json`` of a local model or adapter folder, if it has one, so that a broken one fails
+    before the model loads (a Hub id is checked once its files are in the cache, by :func:`for_model`)."""
+    if model_dir is not None and Path(model_dir).is_dir():
+        load(model_dir)
+
+
 def find_in_tokenizer(tokenizer) -> list[str]:
     """The pause tokens a tokenizer holds (added tokens named like ``<|pause_0|>``), in id order."""
     pattern = re.compile(re.escape(TOKEN_FORMAT).replace(r"\{\}", r"\d+"))

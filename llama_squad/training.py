@@ -1,6 +1,7 @@
 """Fine-tuning with TRL's SFTTrainer: answer-only labels, LoRA/QLoRA, checkpoints and resume, loss plots."""
 
 import dataclasses
+import json
 import logging
 from pathlib import Path
 
@@ -77,6 +78,11 @@ def validate(model_args: ModelArguments, script_args: ScriptArguments, config: T
     if model_args.fp16_overflow_guard and not config.fp16:
         problems.append("--fp16_overflow_guard is for float16 training: add --fp16, or drop the guard")
     problem = named_checkpoint_problem(config)
+    if problem:
+        problems.append(problem)
+    from llama_squad.outputs import scores_problem
+
+    problem = scores_problem(config.output_dir)  # test.py's scores, for the cards written after training
     if problem:
         problems.append(problem)
     optim = getattr(config.optim, "value", config.optim)  # an OptimizerNames once parsed
@@ -180,6 +186,17 @@ def check_resume_config(resolved: dict, output_dir: str, checkpoint: str) -> Non
         )
     for _, key, before, now in changed:
         logger.warning("resuming with --%s %r (the checkpoint's run had %r)", key, now, before)
+
+
+def saved_log_history(output_dir: str) -> list[dict]:
+    """The log history of the run saved in ``output_dir`` (its final ``trainer_state.json``), [] without one."""
+    from llama_squad.checkpoints import TRAINER_STATE
+
+    try:
+        history = json.loads((Path(output_dir) / TRAINER_STATE).read_text(encoding="utf-8")).get("log_history")
+    except (OSError, ValueError, AttributeError):
+        return []
+    return history if isinstance(history, list) else []
 
 
 def save_run_config(resolved: dict, output_dir: str) -> Path:

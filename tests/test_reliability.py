@@ -467,3 +467,149 @@ def test_an_adapter_saved_without_tensors_is_named(tmp_path):
     assert adapter_problem(tmp_path).endswith("adapter_model.safetensors holds no tensor")
     save_file({"base_model.model.lora_A.weight": torch.zeros(2, 3)}, tmp_path / "adapter_model.safetensors")
     assert adapter_problem(tmp_path) is None
+
+
+# ------------------------------------------------------------------------------------------- finished runs
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    """Every file of a training output folder (checkpoints too), by relative path, except the OS lock."""
+    return {
+        str(p.relative_to(folder)): p.read_bytes()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and p.name != ".llama_squad.lock"
+    }
+
+
+def test_a_finished_run_rerun_changes_nothing_and_finishes_only_what_is_missing(
+    tmp_path, caplog, tiny_model_dir, tiny_dataset_dir
+):
+    """Re-running a finished --max_steps run (as after a crash during the merge) trains no step more: the Trainer
+    resumed from the last checkpoint would take one step past max_steps and rewrite the adapter and merged/."""
+    out = tmp_path / "out"
+    argv = train_argv(tiny_model_dir, tiny_dataset_dir, out, "--max_steps", "2", "--lr_scheduler_type", "constant",
+                      "--merge")  # fmt: skip
+    assert train.main(argv) == 0
+    finished = snapshot(out)
+    assert "merged/model.safetensors" in finished and "checkpoint-2/adapter_model.safetensors" in finished
+
+    caplog.set_level(logging.INFO)
+    for _ in range(2):
+        caplog.clear()
+        assert train.main(argv) == 0
+        assert "training finished at step 2 of 2" in caplog.text
+        assert snapshot(out) == finished
+
+    # a crash during the merge: merged/ is missing; the re-run merges, and writes nothing else
+    shutil.rmtree(out / "merged")
+    assert train.main(argv) == 0
+    assert snapshot(out) == finished
+
+    # a crash between the last checkpoint and the final save: the adapter comes from checkpoint-2, as trained, and
+    # so does trainer_state.json (without the summary entry the end of training logs)
+    for name in ("adapter_model.safetensors", "trainer_state.json", "README.md"):
+        (out / name).unlink()
+    assert train.main(argv) == 0
+    restored = snapshot(out)
+    assert json.loads(restored.pop("trainer_state.json"))["global_step"] == 2
+    assert restored == {k: v for k, v in finished.items() if k != "trainer_state.json"}
+
+    # more steps asked for: the run goes on from checkpoint-2
+    assert train.main([*argv, "--max_steps", "4"]) == 0
+    assert json.loads((out / "trainer_state.json").read_text())["global_step"] == 4
+    assert (out / "adapter_model.safetensors").read_bytes() != finished["adapter_model.safetensors"]
+
+
+# ------------------------------------------------------------------------------------------- an adapter's base model
+
+
+def other_weights(model_dir: Path, out: Path) -> Path:
+    """A model of the same shape as ``model_dir``'s, with other weights."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    with torch.no_grad():
+        for param in model.parameters():
+            param.add_(0.01)
+    model.save_pretrained(out)
+    AutoTokenizer.from_pretrained(model_dir).save_pretrained(out)
+    return out
+
+
+def test_an_adapter_on_another_base_model_is_refused(tmp_path, caplog, tiny_model_dir, tiny_dataset_dir):
+    import yaml
+
+    adapter = make_adapter(tiny_model_dir, tmp_path / "adapter", seed=1)
+    other = other_weights(tiny_model_dir, tmp_path / "other")
+    out = tmp_path / "eval"
+    argv = eval_argv(other, tiny_dataset_dir, out, "--limit", "1", "--adapter_path", adapter)
+    assert test_script.main([str(a) for a in argv]) == 1
+    assert (
+        f"--adapter_path {adapter} was trained on {tiny_model_dir} ({adapter / 'adapter_config.json'}), but "
+        f"--model_name_or_path {other} is another model (other weights)" in caplog.text
+    )
+    assert "--allow_base_mismatch to apply it anyway" in caplog.text and not out.exists()
+
+    caplog.clear()
+    assert test_script.main([str(a) for a in [*argv, "--allow_base_mismatch"]]) == 0
+    assert "applying it anyway (--allow_base_mismatch)" in caplog.text
+
+    # a copy of the base model elsewhere is the same model
+    copy = Path(shutil.copytree(tiny_model_dir, tmp_path / "copy"))
+    argv = eval_argv(copy, tiny_dataset_dir, tmp_path / "eval_copy", "--limit", "1", "--adapter_path", adapter)
+    assert test_script.main([str(a) for a in argv]) == 0
+
+    # train.py's record comes first: run_config.yaml names the model the adapter was trained on
+    (adapter / "run_config.yaml").write_text(yaml.safe_dump({"model": {"model_name_or_path": str(other)}}))
+    argv = eval_argv(tiny_model_dir, tiny_dataset_dir, tmp_path / "eval_record", "--adapter_path", adapter)
+    assert test_script.main([str(a) for a in argv]) == 1
+    assert f"was trained on {other} ({adapter / 'run_config.yaml'})" in caplog.text
+
+    # a record of a path that is not on this machine cannot be compared: a warning, not an error
+    (adapter / "run_config.yaml").write_text(yaml.safe_dump({"model": {"model_name_or_path": "/elsewhere/model"}}))
+    config = json.loads((adapter / "adapter_config.json").read_text())
+    (adapter / "adapter_config.json").write_text(json.dumps({**config, "base_model_name_or_path": "/elsewhere/m"}))
+    caplog.clear()
+    argv = eval_argv(other, tiny_dataset_dir, tmp_path / "eval_elsewhere", "--limit", "1", "--adapter_path", adapter)
+    assert test_script.main([str(a) for a in argv]) == 0
+    assert f"cannot check that the adapter {adapter} was trained on --model_name_or_path {other}" in caplog.text
+
+
+# ------------------------------------------------------------------------------------------- fail before the work
+
+
+def test_unreadable_scores_for_the_cards_fail_train_before_training(
+    tmp_path, caplog, tiny_model_dir, tiny_dataset_dir
+):
+    out = tmp_path / "out"
+    (out / "eval").mkdir(parents=True)
+    (out / "eval" / "metrics.json").write_text('{"exact": 50.0, ')
+    assert train.main(train_argv(tiny_model_dir, tiny_dataset_dir, out, "--merge")) == 1
+    assert f"{out / 'eval' / 'metrics.json'}: the scores of an earlier test.py run" in caplog.text
+    assert f"re-run test.py into {out / 'eval'}, or delete {out / 'eval' / 'metrics.json'}" in caplog.text
+    assert "download" not in caplog.text and "loaded" not in caplog.text
+    assert not list(out.glob("checkpoint-*")) and not (out / "adapter_model.safetensors").exists()
+
+
+def test_a_broken_pause_file_fails_before_the_model_loads(tmp_path, caplog, tiny_model_dir, tiny_dataset_dir):
+    caplog.set_level(logging.INFO)
+    adapter = make_adapter(tiny_model_dir, tmp_path / "adapter", seed=1)
+    (adapter / "pause_tokens.json").write_text('{"tokens": [], "position": "assistant"}')
+    argv = eval_argv(tiny_model_dir, tiny_dataset_dir, tmp_path / "eval", "--adapter_path", adapter)
+    assert test_script.main([str(a) for a in argv]) == 1
+    assert f"{adapter / 'pause_tokens.json'}: expected" in caplog.text
+    assert "loaded" not in caplog.text and not (tmp_path / "eval").exists()
+
+
+def test_prompts_beyond_the_models_context_are_counted_in_one_warning(
+    tmp_path, caplog, tiny_model_dir, tiny_dataset_dir
+):
+    short = Path(shutil.copytree(tiny_model_dir, tmp_path / "short_context"))
+    config = json.loads((short / "config.json").read_text())
+    (short / "config.json").write_text(json.dumps({**config, "max_position_embeddings": 110}))
+    argv = eval_argv(short, tiny_dataset_dir, tmp_path / "eval", "--limit", "4")
+    assert test_script.main([str(a) for a in argv]) == 0
+    warnings = [r.getMessage() for r in caplog.records if "run past the model's context" in r.getMessage()]
+    assert len(warnings) == 1
+    assert warnings[0].startswith("4 of 4 prompts with their answers (--max_new_tokens 6) run past the model's context")
