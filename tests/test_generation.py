@@ -15,6 +15,7 @@ import torch
 
 import test as test_script
 from llama_squad import generation
+from llama_squad.files import InputError
 from llama_squad.generation import ANSWER_PREFIX, GenerationOptions, Generator, load_examples, start_conversation
 from llama_squad.results import read_results
 
@@ -55,6 +56,24 @@ def test_force_answer_prefills_the_json(tiny, tiny_dataset_dir):
     generator = Generator(model, tokenizer, GenerationOptions(max_new_tokens=5, force_answer=True))
     for outputs, _ in answer_all(generator, examples, 3).values():
         assert outputs[0].startswith(ANSWER_PREFIX)
+
+
+def test_load_examples_refuses_repeated_ids(tiny_dataset_dir, tmp_path):
+    """A dataset written before create_dataset.py refused repeated MultiWOZ dialogues may repeat question ids."""
+    from datasets import DatasetDict, concatenate_datasets, load_from_disk
+
+    splits = load_from_disk(str(tiny_dataset_dir))
+    test = splits["test"]
+    repeated = concatenate_datasets([test.select(range(3)), test.select([1]), test.select(range(3, len(test)))])
+    old = tmp_path / "old"
+    DatasetDict({"train": splits["train"], "test": repeated}).save_to_disk(str(old))
+    assert len(load_examples(str(old), "train", None)) == len(splits["train"])
+    with pytest.raises(InputError) as error:
+        load_examples(str(old), "test", 2)
+    assert str(error.value) == (
+        f"{old}: the test split repeats the question id {test[1]['id']!r}: ids must be unique (results are kept by "
+        "id); rebuild the dataset with create_dataset.py"
+    )
 
 
 def multi_turn_examples(tmp_path, limit: int) -> list[dict]:

@@ -214,6 +214,45 @@ def test_official_layout_with_list_files(tmp_path):
         build_dataset(args)
 
 
+def demo_list_args(tmp_path, val_lines: str, test_lines: str) -> list[str]:
+    """create_dataset.py's command line of the demo dialogues split by list files of ``val_lines``/``test_lines``."""
+    (tmp_path / "valListFile").write_text(val_lines)
+    (tmp_path / "testListFile").write_text(test_lines)
+    return ["--task", "multiwoz", "--data_file", str(DEMO), "--val_list", str(tmp_path / "valListFile"), "--test_list",
+            str(tmp_path / "testListFile"), "--max_length", "0", "--output_dir", str(tmp_path / "out")]  # fmt: skip
+
+
+def test_a_dialogue_listed_twice_in_a_list_file_is_an_error(tmp_path, caplog):
+    argv = demo_list_args(tmp_path, "DEMO0004.json\n", "DEMO0005.json\nDEMO0006.json\n\nDEMO0005\n")
+    assert create_dataset.main(argv) == 1
+    assert not (tmp_path / "out").exists()
+    assert caplog.messages[-1] == (
+        f"{tmp_path / 'testListFile'}: dialogue 'DEMO0005' is listed twice (lines 1 and 4), which would repeat its "
+        "question ids: remove the repeated line"
+    )
+
+
+def test_a_dialogue_in_both_the_validation_and_the_test_list_is_an_error(tmp_path, caplog):
+    argv = demo_list_args(tmp_path, "DEMO0004.json\nDEMO0006.json\n", "DEMO0005.json\nDEMO0006.json\n")
+    assert create_dataset.main(argv) == 1
+    assert not (tmp_path / "out").exists()
+    assert caplog.messages[-1] == (
+        f"{tmp_path / 'valListFile'} and {tmp_path / 'testListFile'} both list dialogue 'DEMO0006' (1 dialogue in "
+        "both): a dialogue belongs to one split: remove it from one of the list files"
+    )
+    # the demo's own list files make three disjoint splits
+    demo = DEMO.parent
+    argv = demo_list_args(tmp_path, (demo / "multiwoz_demo_valListFile").read_text(),
+                          (demo / "multiwoz_demo_testListFile").read_text())  # fmt: skip
+    assert create_dataset.main(argv) == 0
+    splits = load_from_disk(str(tmp_path / "out"))
+    assert {name: sorted(set(split["dialogue_id"])) for name, split in splits.items()} == {
+        "train": ["DEMO0001", "DEMO0002", "DEMO0003"],
+        "validation": ["DEMO0004"],
+        "test": ["DEMO0005", "DEMO0006"],
+    }
+
+
 def test_builtin_schema_is_multiwoz22s():
     assert load_schema(need(SCHEMA22, "MultiWOZ 2.2's schema.json")) == default_slots()
 
