@@ -80,6 +80,10 @@ def train(model_args: ModelArguments, script_args: ScriptArguments, config: Trai
         distributed.run_on_main(
             config, lambda: export.check_hub_access(repo, option="--push_to_hub", token=config.hub_token)
         )
+    # test.py's scores in output_dir/eval go into the model card at the end: refuse another task's now
+    distributed.run_on_main(
+        config, lambda: export.read_metrics(config.output_dir, dataset_path=script_args.dataset_path)
+    )
     resolved = training.resolved_config(model_args, script_args, config)
     logger.info("resolved config:\n%s", training.yaml.safe_dump(resolved, sort_keys=False))
 
@@ -159,7 +163,7 @@ def train(model_args: ModelArguments, script_args: ScriptArguments, config: Trai
             base_model=model_args.model_name_or_path,
             dataset_path=script_args.dataset_path,
             config=resolved,
-            metrics=export.read_metrics(config.output_dir),
+            metrics=export.read_metrics(config.output_dir, dataset_path=script_args.dataset_path),
             train_examples=len(train_data),
             task=export.dataset_task(script_args.dataset_path),
         )

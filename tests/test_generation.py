@@ -123,6 +123,7 @@ def test_results_and_metrics_files(tiny_model_dir, tiny_dataset_dir, tmp_path, c
     results = read_results(out / "results.csv")
     assert len(results) == 8 and results["id"].is_unique
     metrics = json.loads((out / "metrics.json").read_text(), parse_constant=strict_json_only)
+    assert metrics["task"] == "squad_v2" and list(metrics)[:2] == ["task", "total"]  # export checks the task
     assert metrics["total"] == 8 and metrics["HasAns_total"] == 4
     assert metrics["exact"] == pytest.approx(100 * results["exact"].mean(), abs=1e-4)
     assert "| eval" in capsys.readouterr().out
@@ -176,6 +177,7 @@ def test_dst_runs_through_the_same_test_py(tiny_model_dir, tmp_path, granularity
     assert results["example_id"].nunique() == limit
     assert set(results["slot"]) == set(SLOT_NAMES) and results["dialogue_id"].nunique() == 1
     metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["task"] == "multiwoz"
     assert metrics["complete_turns"] == 2 and 0 <= metrics["jga"] <= 100 and "jga_fuzzy" in metrics
 
 
