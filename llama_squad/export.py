@@ -130,10 +130,10 @@ MERGED = "merged"
 
 def dataset_task(dataset_path: str | os.PathLike) -> str | None:
     """The task (``squad_v2``, ``multiwoz``) of a create_dataset.py folder, from its first row; None if unknown."""
-    try:
-        from datasets import load_from_disk
+    from llama_squad.tasks.common import load_dataset_folder
 
-        splits = load_from_disk(str(dataset_path))
+    try:
+        splits = load_dataset_folder(dataset_path)
         split = next(s for s in splits.values() if len(s))
         return split[0]["task"]
     except (OSError, ValueError, KeyError, StopIteration, FileNotFoundError):

@@ -573,17 +573,15 @@ def dataset_fingerprint(dataset_path: str, split: str) -> str:
 def load_examples(dataset_path: str, split: str, limit: int | None):
     """The split of a dataset written by create_dataset.py (the first ``limit`` rows), checked to be one (its question
     ids unique)."""
-    from datasets import load_from_disk
-
     from llama_squad.files import InputError
     from llama_squad.tasks import TASK_MODULES
-    from llama_squad.tasks.common import DATASET_COLUMNS, dataset_folder_problem
+    from llama_squad.tasks.common import DATASET_COLUMNS, dataset_folder_problem, load_dataset_folder
 
     problem = dataset_folder_problem(dataset_path)
     if problem:
         raise InputError(problem)
     try:
-        dataset = load_from_disk(dataset_path)
+        dataset = load_dataset_folder(dataset_path)
     except (OSError, ValueError) as e:  # a missing or corrupt data file
         raise InputError(
             f"{dataset_path}: cannot read the dataset ({e}); write it again with create_dataset.py"

@@ -1,6 +1,7 @@
 """MultiWOZ DST: reading 2.1 and 2.2 dialogues, slot questions, history truncation, scoring and sanity checks."""
 
 import json
+import logging
 import math
 import zipfile
 from pathlib import Path
@@ -609,6 +610,20 @@ def test_demo_builds_with_the_make_demo_command(tmp_path):
     assert len(dataset["test"]) == 19 * 30
     assert len(dataset["train"]) + len(dataset["validation"]) == 19 * 30
     assert not any(TRUNCATION_MARKER in row[-1]["content"] for row in dataset["test"]["prompt"])
+
+
+def test_no_validation_dialogues_write_no_validation_split(tmp_path, caplog):
+    out = tmp_path / "demo"
+    argv = ["--task", "multiwoz", "--train_file", str(DEMO), "--test_file", str(DEMO), "--validation_fraction", "0",
+            "--max_length", "0", "--output_dir", str(out)]  # fmt: skip
+    with caplog.at_level(logging.INFO):
+        assert create_dataset.main(argv) == 0
+    assert json.loads((out / "dataset_dict.json").read_text()) == {"splits": ["train", "test"]}
+    assert {name: len(split) for name, split in load_from_disk(str(out)).items()} == {
+        "train": 19 * 30,
+        "test": 19 * 30,
+    }
+    assert f"{out}: no validation examples: the split is left out" in caplog.messages
 
 
 @pytest.mark.slow
