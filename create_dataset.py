@@ -78,6 +78,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         check_output_dir(args.output_dir, args.overwrite)  # 1. fail before the work, not after it
         dataset = task.build_dataset(args)  # 2. check the options; read, validate, split and format
+        for split_name in [name for name, split in dataset.items() if len(split) == 0]:  # e.g. no validation split
+            logger.info("%s: no %s examples: the split is left out", args.output_dir, split_name)
+            del dataset[split_name]
         with atomic_path(args.output_dir, is_dir=True, overwrite=args.overwrite) as tmp:  # 3. save, all or nothing
             dataset.save_to_disk(str(tmp))
     except (InputError, ValueError, OSError) as e:  # OSError: FileExistsError, a full disk, no permission

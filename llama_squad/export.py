@@ -9,6 +9,7 @@ train.py calls it at the end of a run. After test.py, refresh the cards with its
 import argparse
 import json
 import logging
+import math
 import os
 import sys
 from pathlib import Path
@@ -100,6 +101,8 @@ CARD_METRICS = {
     "multiwoz": {"jga": ("accuracy", "Joint goal accuracy"), "slot_f1": ("f1", "Slot F1")},
 }
 TASK_NAMES = {"squad_v2": "SQuAD v2", "multiwoz": "MultiWOZ"}
+# A key only that task's metrics.json holds: the task of a metrics.json written before test.py recorded it.
+METRICS_SIGNATURES = {"multiwoz": "jga", "squad_v2": "exact"}
 # The options of run_config.yaml that make the recipe in a card (the whole resolved config travels as run_config.yaml).
 RECIPE_KEYS = {
     "model": (
@@ -127,14 +130,30 @@ MERGED = "merged"
 
 def dataset_task(dataset_path: str | os.PathLike) -> str | None:
     """The task (``squad_v2``, ``multiwoz``) of a create_dataset.py folder, from its first row; None if unknown."""
-    try:
-        from datasets import load_from_disk
+    from llama_squad.tasks.common import load_dataset_folder
 
-        splits = load_from_disk(str(dataset_path))
+    try:
+        splits = load_dataset_folder(dataset_path)
         split = next(s for s in splits.values() if len(s))
         return split[0]["task"]
     except (OSError, ValueError, KeyError, StopIteration, FileNotFoundError):
         return None
+
+
+def metrics_task(metrics: dict) -> str | None:
+    """The task of test.py's metrics: their ``task`` entry, or (a metrics.json written before it had one) the task
+    whose signature key (:data:`METRICS_SIGNATURES`) they hold; None when neither tells."""
+    if "task" in metrics:
+        return metrics["task"]
+    return next((task for task, key in METRICS_SIGNATURES.items() if key in metrics), None)
+
+
+def card_value(value) -> bool:
+    """Whether a metric value goes into a card: a finite number or text (NaN and infinity never do: the YAML of the
+    model-index would hold ``.nan``/``.inf`` and the table ``nan``)."""
+    if isinstance(value, float):
+        return math.isfinite(value)
+    return isinstance(value, int | str)
 
 
 def recipe(config: dict) -> dict:
@@ -176,7 +195,7 @@ def model_card(
     eval_results = []
     for key, (metric_type, metric_name) in CARD_METRICS.get(task or "", {}).items():
         value = (metrics or {}).get(key)
-        if isinstance(value, int | float):
+        if isinstance(value, int | float) and card_value(value):
             eval_results.append(
                 EvalResult(
                     task_type="question-answering" if task == "squad_v2" else "text-generation",
@@ -240,7 +259,8 @@ def model_card(
     ]
     if metrics:
         lines += ["Test split, scored by llama-squad's `test.py`:", "", "| metric | value |", "|---|---|"]
-        lines += [f"| {k} | {v:.2f} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in metrics.items()]
+        shown = {k: v for k, v in metrics.items() if k != "task" and card_value(v)}  # the task: named above
+        lines += [f"| {k} | {v:.2f} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in shown.items()]
     else:
         lines.append("Not evaluated yet: run test.py on the test split (its metrics.json then goes into this card).")
     lines += [
@@ -265,8 +285,16 @@ def write_model_card(folder: str | os.PathLike, kind: str, **kwargs) -> Path:
     return path
 
 
-def read_metrics(output_dir: str | os.PathLike, metrics_file: str | os.PathLike | None = None) -> dict | None:
-    """Test metrics written by test.py: ``metrics_file``, or ``output_dir/eval/metrics.json`` if it exists."""
+def read_metrics(
+    output_dir: str | os.PathLike,
+    metrics_file: str | os.PathLike | None = None,
+    dataset_path: str | os.PathLike | None = None,
+) -> dict | None:
+    """Test metrics written by test.py: ``metrics_file``, or ``output_dir/eval/metrics.json`` if it exists.
+
+    With ``dataset_path``, metrics of another task than the dataset's (:func:`metrics_task`) are an error: they are
+    not scores of the model on that data.
+    """
     from llama_squad.files import InputError, read_json
 
     path = Path(metrics_file) if metrics_file else Path(output_dir) / "eval" / "metrics.json"
@@ -275,6 +303,14 @@ def read_metrics(output_dir: str | os.PathLike, metrics_file: str | os.PathLike 
     metrics = read_json(path)
     if not isinstance(metrics, dict):
         raise InputError(f"{path}: not a metrics.json written by test.py (expected a JSON object)")
+    task = dataset_task(dataset_path) if dataset_path is not None else None
+    found = metrics_task(metrics)
+    if task is not None and found is not None and found != task:
+        inferred = "" if "task" in metrics else " (inferred from its keys)"
+        raise InputError(
+            f"{path}: scores of task {found!r}{inferred}, but the dataset {dataset_path} is of task {task!r}: score "
+            f"the model on it with test.py --dataset_path {dataset_path}, or move {path} away"
+        )
     return metrics
 
 
@@ -374,7 +410,7 @@ def main(argv: list[str] | None = None) -> int:
             base_model=resolved["model"]["model_name_or_path"],
             dataset_path=resolved["script"]["dataset_path"],
             config=resolved,
-            metrics=read_metrics(output_dir, args.metrics_file),
+            metrics=read_metrics(output_dir, args.metrics_file, resolved["script"]["dataset_path"]),
             task=dataset_task(resolved["script"]["dataset_path"]),
         )
         use_peft = resolved["model"].get("use_peft", True)

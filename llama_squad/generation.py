@@ -594,18 +594,17 @@ def dataset_fingerprint(dataset_path: str, split: str) -> str:
 
 
 def load_examples(dataset_path: str, split: str, limit: int | None):
-    """The split of a dataset written by create_dataset.py (the first ``limit`` rows), checked to be one."""
-    from datasets import load_from_disk
-
+    """The split of a dataset written by create_dataset.py (the first ``limit`` rows), checked to be one (its question
+    ids unique)."""
     from llama_squad.files import InputError
     from llama_squad.tasks import TASK_MODULES
-    from llama_squad.tasks.common import DATASET_COLUMNS, dataset_folder_problem
+    from llama_squad.tasks.common import DATASET_COLUMNS, dataset_folder_problem, load_dataset_folder
 
     problem = dataset_folder_problem(dataset_path)
     if problem:
         raise InputError(problem)
     try:
-        dataset = load_from_disk(dataset_path)
+        dataset = load_dataset_folder(dataset_path)
     except (OSError, ValueError) as e:  # a missing or corrupt data file
         raise InputError(
             f"{dataset_path}: cannot read the dataset ({e}); write it again with create_dataset.py"
@@ -624,6 +623,14 @@ def load_examples(dataset_path: str, split: str, limit: int | None):
     tasks = set(examples.unique("task"))
     if len(tasks) != 1 or not tasks <= set(TASK_MODULES):
         raise InputError(f"{dataset_path}: the {split} split must hold one known task, it holds {sorted(tasks)}")
+    seen: set[str] = set()
+    for qid in examples["id"]:  # results and scores are kept by id: a repeated one breaks resuming and scoring
+        if qid in seen:
+            raise InputError(
+                f"{dataset_path}: the {split} split repeats the question id {qid!r}: ids must be unique (results are "
+                "kept by id); rebuild the dataset with create_dataset.py"
+            )
+        seen.add(qid)
     if limit is not None:
         examples = examples.select(range(min(limit, len(examples))))
     return [dict(ex) for ex in examples]

@@ -145,7 +145,7 @@ def write_outputs(run: RunOutputs, tokenizer, log_history: list[dict], only_miss
         base_model=model_args.model_name_or_path,
         dataset_path=script_args.dataset_path,
         config=run.resolved,
-        metrics=read_scores(run.output_dir),
+        metrics=read_scores(run.output_dir, script_args.dataset_path),
         train_examples=run.train_examples,
         task=export.dataset_task(script_args.dataset_path),
     )
@@ -170,17 +170,17 @@ def write_outputs(run: RunOutputs, tokenizer, log_history: list[dict], only_miss
     return written
 
 
-def read_scores(output_dir: str | os.PathLike) -> dict | None:
+def read_scores(output_dir: str | os.PathLike, dataset_path: str) -> dict | None:
     """test.py's scores of this run for its cards (``output_dir/eval/metrics.json``), None when there are none; a
     file that cannot be read is logged and left out (train.py checked it before training)."""
     try:
-        return export.read_metrics(output_dir)
+        return export.read_metrics(output_dir, dataset_path=dataset_path)
     except InputError as e:
         logger.warning("the model cards go without test scores: %s", e)
         return None
 
 
-def scores_problem(output_dir: str | os.PathLike) -> str | None:
+def scores_problem(output_dir: str | os.PathLike, dataset_path: str) -> str | None:
     """Why ``output_dir/eval/metrics.json`` (test.py's scores, which go into the cards) cannot be used, or None:
     checked before training, so that a run does not fail after it."""
     path = Path(output_dir) / "eval" / "metrics.json"
@@ -192,7 +192,7 @@ def scores_problem(output_dir: str | os.PathLike) -> str | None:
     except (OSError, UnicodeDecodeError, ValueError) as e:
         return f"{path}: the scores of an earlier test.py run, which the model cards show, cannot be read ({e}): {fix}"
     try:
-        export.read_metrics(output_dir)
+        export.read_metrics(output_dir, dataset_path=dataset_path)
     except InputError as e:
         return f"{e} ({fix})"
     return None

@@ -213,12 +213,21 @@ def check_predictions(predictions) -> dict[str, str]:
 
 
 def check_na_probs(na_probs) -> dict[str, float]:
-    """``na_probs`` if it maps question ids to numbers; otherwise :class:`InputError` naming the first bad id."""
+    """``na_probs`` if it maps question ids to numbers in [0, 1], else :class:`InputError` naming the first bad id.
+
+    NaN, infinities and numbers outside [0, 1] (which Python's JSON reader accepts) are refused: the threshold search
+    sorts by probability, and a NaN would silently scramble that order.
+    """
     if not isinstance(na_probs, dict):
         raise InputError(f"expected a JSON object mapping question ids to probabilities, found {_json_type(na_probs)}")
     for qid, prob in na_probs.items():
         if isinstance(prob, bool) or not isinstance(prob, int | float):
             raise InputError(f"the no-answer probability for id {qid!r} is {_json_type(prob)}, not a number")
+        if not 0 <= prob <= 1:  # False for NaN too
+            raise InputError(
+                f"the no-answer probability for id {qid!r} is {json.dumps(prob)}, not a number in [0, 1]: "
+                "give every question a probability between 0 and 1"
+            )
     return na_probs
 
 

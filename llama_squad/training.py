@@ -82,7 +82,7 @@ def validate(model_args: ModelArguments, script_args: ScriptArguments, config: T
         problems.append(problem)
     from llama_squad.outputs import scores_problem
 
-    problem = scores_problem(config.output_dir)  # test.py's scores, for the cards written after training
+    problem = scores_problem(config.output_dir, script_args.dataset_path)  # test.py's scores, for the cards
     if problem:
         problems.append(problem)
     optim = getattr(config.optim, "value", config.optim)  # an OptimizerNames once parsed
@@ -245,24 +245,23 @@ def find_checkpoint(config: TrainConfig) -> str | None:
 
 
 def load_training_data(script_args: ScriptArguments, tokenizer, max_length: int, seed: int = 42, pause=None):
-    """Tokenized train and validation splits (answer-only labels); examples longer than max_length are dropped.
+    """Tokenized train and validation splits (answer-only labels; validation None when the dataset has none or an
+    empty one); examples longer than max_length are dropped.
     With ``pause`` (:class:`llama_squad.pause.PauseTokens`) every example holds the pause tokens, unsupervised.
 
     ``--max_train_examples`` draws a seeded random sample: the splits are stored in source order (article by article,
     dialogue by dialogue), so their first N rows would cover only a few topics.
     """
-    from datasets import load_from_disk
-
+    from llama_squad.tasks.common import load_dataset_folder
     from llama_squad.tokenization import tokenize_dataset
 
-    dataset = load_from_disk(script_args.dataset_path)
-    for split in ("train", "validation"):
-        if split not in dataset:
-            raise InputError(f"{script_args.dataset_path}: no {split!r} split (it has {', '.join(dataset)})")
-    train, validation = dataset["train"], dataset["validation"]
+    dataset = load_dataset_folder(script_args.dataset_path)
+    if "train" not in dataset:
+        raise InputError(f"{script_args.dataset_path}: no 'train' split (it has {', '.join(dataset)})")
+    train, validation = dataset["train"], dataset.get("validation")  # no validation split: no validation loss
     if script_args.max_train_examples is not None:
         train = train.shuffle(seed=seed).select(range(min(script_args.max_train_examples, len(train))))
-    if script_args.max_eval_examples is not None:
+    if script_args.max_eval_examples is not None and validation is not None:
         validation = validation.select(range(min(script_args.max_eval_examples, len(validation))))
     try:
         train, dropped = tokenize_dataset(train, tokenizer, max_length, pause=pause)
@@ -272,11 +271,11 @@ def load_training_data(script_args: ScriptArguments, tokenizer, max_length: int,
         logger.warning("dropped %d training examples longer than --max_length %d", dropped, max_length)
     if len(train) == 0:
         raise InputError(f"{script_args.dataset_path}: no training example fits --max_length {max_length}")
-    if len(validation):
+    if validation is not None and len(validation):
         validation, dropped = tokenize_dataset(validation, tokenizer, max_length, pause=pause)
         if dropped:
             logger.warning("dropped %d validation examples longer than --max_length %d", dropped, max_length)
-    return train, (validation if len(validation) else None)
+    return train, (validation if validation is not None and len(validation) else None)
 
 
 def lora_config(model_args: ModelArguments, trainable_token_indices: list[int] | None = None):

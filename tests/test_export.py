@@ -110,6 +110,18 @@ def test_multiwoz_card_names_no_hub_dataset(tmp_path):
     }
 
 
+def test_card_never_holds_nan_or_infinity(tmp_path):
+    metrics = {"task": "squad_v2", "total": 30, "valid_json": 90.0, "exact": float("nan"), "f1": float("inf"),
+               "HasAns_f1": float("-inf"), "NoAns_exact": 50.0}  # fmt: skip
+    path = export.write_model_card(tmp_path, export.ADAPTER, **card_args(metrics=metrics))
+    text = path.read_text()
+    assert "nan" not in text.lower() and "inf" not in text.lower()
+    card = ModelCard.load(path)
+    assert [(m.metric_name, m.metric_value) for m in card.data.eval_results] == [("Valid JSON", 90.0)]
+    table = card.text.split("| metric | value |\n|---|---|\n")[1].split("\n\n")[0]
+    assert table == "| total | 30 |\n| valid_json | 90.00 |\n| NoAns_exact | 50.00 |"  # no task row either
+
+
 def fake_adapter(
     folder: Path, base: str = "/root/.cache/llama_squad/smollm2-135m-instruct", resolved: dict = RESOLVED
 ) -> Path:
@@ -159,6 +171,44 @@ def test_export_cli_refreshes_the_cards_with_test_metrics_and_pushes(tmp_path, m
     assert hub.calls[3][1:3] == ("me/merged", str(adapter / "merged"))
 
 
+@pytest.mark.parametrize(
+    ("metrics", "found"),
+    [
+        ({"task": "multiwoz", "total": 300, "jga": 12.5, "slot_f1": 70.0, "valid_json": 0.0}, "'multiwoz'"),
+        ({"total": 300, "jga": 12.5, "slot_f1": 70.0, "valid_json": 0.0}, "'multiwoz' (inferred from its keys)"),
+    ],
+)
+def test_export_cli_refuses_the_metrics_of_another_task(tmp_path, metrics, found, capsys, tiny_dataset_dir):
+    resolved = RESOLVED | {"script": {"dataset_path": str(tiny_dataset_dir)}}  # a SQuAD v2 dataset
+    adapter = fake_adapter(tmp_path / "out", resolved=resolved)
+    metrics_file = adapter / "eval" / "metrics.json"
+    metrics_file.write_text(json.dumps(metrics))
+    assert export.main([str(adapter)]) == 1
+    assert capsys.readouterr().err == (
+        f"export: error: {metrics_file}: scores of task {found}, but the dataset {tiny_dataset_dir} is of task "
+        f"'squad_v2': score the model on it with test.py --dataset_path {tiny_dataset_dir}, or move {metrics_file} "
+        "away\n"
+    )
+    assert not (adapter / "README.md").exists()
+    # the scores of the dataset's task, with or without their task entry
+    for squad in ({"task": "squad_v2", **METRICS}, METRICS):
+        metrics_file.write_text(json.dumps(squad))
+        assert export.main([str(adapter)]) == 0
+        card = ModelCard.load(adapter / "README.md")
+        assert [(m.metric_name, m.metric_value) for m in card.data.eval_results] == [
+            ("Exact match", 40.0),
+            ("F1", 45.5),
+            ("Valid JSON", 96.67),
+        ]
+
+
+def test_metrics_task_is_recorded_or_inferred():
+    assert export.metrics_task({"task": "multiwoz", "exact": 1.0}) == "multiwoz"
+    assert export.metrics_task({"jga": 1.0, "exact": 1.0}) == "multiwoz"
+    assert export.metrics_task(METRICS) == "squad_v2"
+    assert export.metrics_task({"total": 0}) is None
+
+
 def test_export_cli_offline_fails_before_writing(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     adapter = fake_adapter(tmp_path / "out")
@@ -189,6 +239,23 @@ def test_train_push_adapter_pushes_after_training(tmp_path, monkeypatch, tiny_mo
     assert card.data.library_name == "peft" and card.data.model_name == "tiny-lora"
     assert card.data.datasets == ["rajpurkar/squad_v2"]  # the task read from the dataset folder
     assert "base_model" not in card.data.to_dict()  # a local folder: no Hub id to give
+
+
+def test_train_refuses_the_metrics_of_another_task_before_training(tmp_path, caplog, tiny_model_dir, tiny_dataset_dir):
+    from test_training import train_argv
+
+    out = tmp_path / "out"
+    metrics_file = out / "eval" / "metrics.json"
+    metrics_file.parent.mkdir(parents=True)
+    metrics_file.write_text(json.dumps({"total": 300, "jga": 12.5, "slot_f1": 70.0}))
+    argv = train_argv(tiny_model_dir, tiny_dataset_dir, out, "--max_steps", "1", "--eval_strategy", "no")
+    assert train.main(argv) == 1
+    assert caplog.messages[-1] == (
+        f"{metrics_file}: scores of task 'multiwoz' (inferred from its keys), but the dataset {tiny_dataset_dir} is "
+        f"of task 'squad_v2': score the model on it with test.py --dataset_path {tiny_dataset_dir}, or move "
+        f"{metrics_file} away"
+    )
+    assert sorted(p.name for p in out.iterdir()) == ["eval"]  # nothing trained, nothing written
 
 
 def test_push_adapter_without_peft_is_refused(tmp_path, caplog, tiny_model_dir, tiny_dataset_dir):

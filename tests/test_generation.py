@@ -15,6 +15,7 @@ import torch
 
 import test as test_script
 from llama_squad import generation
+from llama_squad.files import InputError
 from llama_squad.generation import ANSWER_PREFIX, GenerationOptions, Generator, load_examples, start_conversation
 from llama_squad.results import read_results
 
@@ -55,6 +56,24 @@ def test_force_answer_prefills_the_json(tiny, tiny_dataset_dir):
     generator = Generator(model, tokenizer, GenerationOptions(max_new_tokens=5, force_answer=True))
     for outputs, _ in answer_all(generator, examples, 3).values():
         assert outputs[0].startswith(ANSWER_PREFIX)
+
+
+def test_load_examples_refuses_repeated_ids(tiny_dataset_dir, tmp_path):
+    """A dataset written before create_dataset.py refused repeated MultiWOZ dialogues may repeat question ids."""
+    from datasets import DatasetDict, concatenate_datasets, load_from_disk
+
+    splits = load_from_disk(str(tiny_dataset_dir))
+    test = splits["test"]
+    repeated = concatenate_datasets([test.select(range(3)), test.select([1]), test.select(range(3, len(test)))])
+    old = tmp_path / "old"
+    DatasetDict({"train": splits["train"], "test": repeated}).save_to_disk(str(old))
+    assert len(load_examples(str(old), "train", None)) == len(splits["train"])
+    with pytest.raises(InputError) as error:
+        load_examples(str(old), "test", 2)
+    assert str(error.value) == (
+        f"{old}: the test split repeats the question id {test[1]['id']!r}: ids must be unique (results are kept by "
+        "id); rebuild the dataset with create_dataset.py"
+    )
 
 
 def multi_turn_examples(tmp_path, limit: int) -> list[dict]:
@@ -104,6 +123,7 @@ def test_results_and_metrics_files(tiny_model_dir, tiny_dataset_dir, tmp_path, c
     results = read_results(out / "results.csv")
     assert len(results) == 8 and results["id"].is_unique
     metrics = json.loads((out / "metrics.json").read_text(), parse_constant=strict_json_only)
+    assert metrics["task"] == "squad_v2" and list(metrics)[:2] == ["task", "total"]  # export checks the task
     assert metrics["total"] == 8 and metrics["HasAns_total"] == 4
     assert metrics["exact"] == pytest.approx(100 * results["exact"].mean(), abs=1e-4)
     assert "| eval" in capsys.readouterr().out
@@ -157,6 +177,7 @@ def test_dst_runs_through_the_same_test_py(tiny_model_dir, tmp_path, granularity
     assert results["example_id"].nunique() == limit
     assert set(results["slot"]) == set(SLOT_NAMES) and results["dialogue_id"].nunique() == 1
     metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["task"] == "multiwoz"
     assert metrics["complete_turns"] == 2 and 0 <= metrics["jga"] <= 100 and "jga_fuzzy" in metrics
 
 

@@ -1,6 +1,7 @@
 """MultiWOZ DST: reading 2.1 and 2.2 dialogues, slot questions, history truncation, scoring and sanity checks."""
 
 import json
+import logging
 import math
 import zipfile
 from pathlib import Path
@@ -212,6 +213,45 @@ def test_official_layout_with_list_files(tmp_path):
     (tmp_path / "testListFile").write_text("PMUL0000.json\n")
     with pytest.raises(InputError, match=r"testListFile: 1 listed dialogues are not in .*data.json.*'PMUL0000'"):
         build_dataset(args)
+
+
+def demo_list_args(tmp_path, val_lines: str, test_lines: str) -> list[str]:
+    """create_dataset.py's command line of the demo dialogues split by list files of ``val_lines``/``test_lines``."""
+    (tmp_path / "valListFile").write_text(val_lines)
+    (tmp_path / "testListFile").write_text(test_lines)
+    return ["--task", "multiwoz", "--data_file", str(DEMO), "--val_list", str(tmp_path / "valListFile"), "--test_list",
+            str(tmp_path / "testListFile"), "--max_length", "0", "--output_dir", str(tmp_path / "out")]  # fmt: skip
+
+
+def test_a_dialogue_listed_twice_in_a_list_file_is_an_error(tmp_path, caplog):
+    argv = demo_list_args(tmp_path, "DEMO0004.json\n", "DEMO0005.json\nDEMO0006.json\n\nDEMO0005\n")
+    assert create_dataset.main(argv) == 1
+    assert not (tmp_path / "out").exists()
+    assert caplog.messages[-1] == (
+        f"{tmp_path / 'testListFile'}: dialogue 'DEMO0005' is listed twice (lines 1 and 4), which would repeat its "
+        "question ids: remove the repeated line"
+    )
+
+
+def test_a_dialogue_in_both_the_validation_and_the_test_list_is_an_error(tmp_path, caplog):
+    argv = demo_list_args(tmp_path, "DEMO0004.json\nDEMO0006.json\n", "DEMO0005.json\nDEMO0006.json\n")
+    assert create_dataset.main(argv) == 1
+    assert not (tmp_path / "out").exists()
+    assert caplog.messages[-1] == (
+        f"{tmp_path / 'valListFile'} and {tmp_path / 'testListFile'} both list dialogue 'DEMO0006' (1 dialogue in "
+        "both): a dialogue belongs to one split: remove it from one of the list files"
+    )
+    # the demo's own list files make three disjoint splits
+    demo = DEMO.parent
+    argv = demo_list_args(tmp_path, (demo / "multiwoz_demo_valListFile").read_text(),
+                          (demo / "multiwoz_demo_testListFile").read_text())  # fmt: skip
+    assert create_dataset.main(argv) == 0
+    splits = load_from_disk(str(tmp_path / "out"))
+    assert {name: sorted(set(split["dialogue_id"])) for name, split in splits.items()} == {
+        "train": ["DEMO0001", "DEMO0002", "DEMO0003"],
+        "validation": ["DEMO0004"],
+        "test": ["DEMO0005", "DEMO0006"],
+    }
 
 
 def test_builtin_schema_is_multiwoz22s():
@@ -570,6 +610,20 @@ def test_demo_builds_with_the_make_demo_command(tmp_path):
     assert len(dataset["test"]) == 19 * 30
     assert len(dataset["train"]) + len(dataset["validation"]) == 19 * 30
     assert not any(TRUNCATION_MARKER in row[-1]["content"] for row in dataset["test"]["prompt"])
+
+
+def test_no_validation_dialogues_write_no_validation_split(tmp_path, caplog):
+    out = tmp_path / "demo"
+    argv = ["--task", "multiwoz", "--train_file", str(DEMO), "--test_file", str(DEMO), "--validation_fraction", "0",
+            "--max_length", "0", "--output_dir", str(out)]  # fmt: skip
+    with caplog.at_level(logging.INFO):
+        assert create_dataset.main(argv) == 0
+    assert json.loads((out / "dataset_dict.json").read_text()) == {"splits": ["train", "test"]}
+    assert {name: len(split) for name, split in load_from_disk(str(out)).items()} == {
+        "train": 19 * 30,
+        "test": 19 * 30,
+    }
+    assert f"{out}: no validation examples: the split is left out" in caplog.messages
 
 
 @pytest.mark.slow

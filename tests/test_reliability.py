@@ -612,4 +612,4 @@ def test_prompts_beyond_the_models_context_are_counted_in_one_warning(
     assert test_script.main([str(a) for a in argv]) == 0
     warnings = [r.getMessage() for r in caplog.records if "run past the model's context" in r.getMessage()]
     assert len(warnings) == 1
-    assert warnings[0].startswith("4 of 4 prompts with their answers (--max_new_tokens 6) run past the model's context")
+    assert warnings[0].startswith("4 of 4 prompts with their answers (--max_new_tokens 6) run past the model's")

@@ -278,6 +278,30 @@ def test_evaluate_rejects_bad_input(dataset, predictions, na_probs, error, messa
         evaluate(dataset, predictions, na_probs=na_probs)
 
 
+@pytest.mark.parametrize(
+    ("prob", "shown"),
+    [
+        (float("nan"), "NaN"),
+        (float("inf"), "Infinity"),
+        (float("-inf"), "-Infinity"),
+        (-0.25, "-0.25"),
+        (1.5, "1.5"),
+        (2, "2"),
+    ],
+)
+def test_evaluate_rejects_no_answer_probabilities_outside_0_1(prob, shown):
+    na_probs = {**NA_PROBS, "q4": prob}
+    with pytest.raises(InputError) as error:
+        evaluate(DATA, PREDICTIONS, na_probs=na_probs)
+    assert str(error.value) == (
+        f"the no-answer probability for id 'q4' is {shown}, not a number in [0, 1]: "
+        "give every question a probability between 0 and 1"
+    )
+    # the bounds themselves are probabilities
+    result = evaluate(DATA, PREDICTIONS, na_probs={**NA_PROBS, "q2": 0, "q3": 1.0})
+    assert result["best_exact"] == 75.0 and result["best_exact_thresh"] == 0
+
+
 # ---------------------------------------------------------------------------------------------------- real data
 
 
@@ -407,6 +431,28 @@ def test_cli_bad_files_give_one_clean_line(files, which, content, message, capsy
     captured = capsys.readouterr()
     assert captured.out == ""
     assert captured.err.startswith(f"squad_eval: error: {path}: ")
+    assert message in captured.err
+    assert captured.err.count("\n") == 1 and "Traceback" not in captured.err
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ('{"q1": 0.2, "q2": NaN, "q3": 0.8, "q4": 0.7}', "the no-answer probability for id 'q2' is NaN, not a number"),
+        ('{"q1": 0.2, "q2": 0.1, "q3": Infinity, "q4": 0.7}', "for id 'q3' is Infinity, not a number in [0, 1]"),
+        ('{"q1": 0.2, "q2": 0.1, "q3": 0.8, "q4": 70}', "for id 'q4' is 70, not a number in [0, 1]"),
+        ('{"q1": true, "q2": 0.1, "q3": 0.8, "q4": 0.7}', "for id 'q1' is a boolean, not a number"),
+        ('{"q1": "0.2", "q2": 0.1, "q3": 0.8, "q4": 0.7}', "for id 'q1' is a string, not a number"),
+    ],
+)
+def test_cli_bad_no_answer_probabilities_give_one_clean_line(files, tmp_path, content, message, capsys):
+    data, predictions = files
+    na_probs = tmp_path / "na.json"
+    na_probs.write_text(content)
+    assert main([str(data), str(predictions), "--na_prob_file", str(na_probs)]) == 1
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.startswith(f"squad_eval: error: {na_probs}: the no-answer probability for id ")
     assert message in captured.err
     assert captured.err.count("\n") == 1 and "Traceback" not in captured.err
 

@@ -53,6 +53,49 @@ def test_outputs_of_a_run(trained, tiny_model_dir):
     assert (trained / "merged" / "model.safetensors").exists() and (trained / "merged" / "README.md").exists()
 
 
+@pytest.mark.parametrize("layout", ["written now", "written before"])
+def test_train_and_test_without_a_validation_split(layout, tmp_path, caplog, tiny_model_dir):
+    """--validation_fraction 0 leaves the validation split out; a folder of older versions holds it empty, which
+    datasets.load_from_disk cannot read (IndexError): both train without validation loss and answer --split test."""
+    from conftest import write_squad
+    from datasets import load_from_disk
+
+    import create_dataset
+    import test as test_script
+    from llama_squad.cli import parse_dataclasses
+    from llama_squad.generation import load_examples
+    from llama_squad.tasks import squad_v2
+
+    data = tmp_path / "data"
+    argv = ["--task", "squad_v2", "--train_file", str(write_squad(tmp_path / "s.json")), "--test_articles", "4:6",
+            "--validation_fraction", "0", "--output_dir", str(data)]  # fmt: skip
+    if layout == "written now":
+        assert create_dataset.main(argv) == 0
+        assert json.loads((data / "dataset_dict.json").read_text()) == {"splits": ["train", "test"]}
+        assert not (data / "validation").exists()
+        assert {name: len(split) for name, split in load_from_disk(str(data)).items()} == {"train": 16, "test": 8}
+    else:  # what create_dataset.py saved before: the DatasetDict of build_dataset, its validation split empty
+        (args,) = parse_dataclasses([squad_v2.Arguments], argv[2:])
+        built = squad_v2.build_dataset(args)
+        assert len(built["validation"]) == 0
+        built.save_to_disk(str(data))
+        with pytest.raises(IndexError):
+            load_from_disk(str(data))
+    assert [ex["id"] for ex in load_examples(str(data), "test", 2)] == ["a4q0", "a4q1"]
+    out = tmp_path / "out"
+    with caplog.at_level(logging.INFO):
+        assert train.main(train_argv(tiny_model_dir, data, out, "--max_steps", "2", "--save_steps", "10")) == 0
+    assert "training on 16 examples, validating on 0" in caplog.text
+    assert "no validation split: validation loss is off" in caplog.text
+    state = json.loads((out / "trainer_state.json").read_text())
+    assert state["global_step"] == 2 and not any("eval_loss" in entry for entry in state["log_history"])
+    caplog.clear()
+    eval_argv = ["--model_name_or_path", str(tiny_model_dir), "--dataset_path", str(data), "--output_dir",
+                 str(tmp_path / "eval"), "--split", "validation"]  # fmt: skip
+    assert test_script.main(eval_argv) == 1
+    assert caplog.messages[-1] == f"{data}: no split 'validation' (it has train, test): pick one with --split"
+
+
 def test_merged_logits_equal_base_plus_adapter(trained, tiny_model_dir):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM

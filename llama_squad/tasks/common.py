@@ -1,9 +1,14 @@
 """What every task shares: the dataset's columns and options, the helpers that check them, and percentages."""
 
 import dataclasses
+import json
+import logging
+import os
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
+
+logger = logging.getLogger(__name__)
 
 # Columns every dataset row has. ``prompt`` is the system + first user message; ``completion`` is the assistant
 # answer (multi-turn: assistant, user, assistant, ... where the user turns are follow-up instructions and every
@@ -96,6 +101,32 @@ def dataset_folder_problem(dataset_path: str) -> str | None:
         f"--dataset_path {dataset_path}: not a dataset folder written by create_dataset.py (no dataset_dict.json): "
         "run create_dataset.py first"
     )
+
+
+def load_dataset_folder(dataset_path: str | os.PathLike):
+    """The ``DatasetDict`` of a create_dataset.py folder (``datasets.load_from_disk``), its empty splits left out.
+
+    Versions before this one saved an empty validation split (``--validation_fraction 0``, JSON Lines without titles):
+    a split folder without a data file, on which ``load_from_disk`` fails (IndexError). Such a split reads as absent,
+    as create_dataset.py now leaves it out.
+    """
+    from datasets import Dataset, DatasetDict, load_from_disk
+
+    try:
+        return load_from_disk(str(dataset_path))
+    except IndexError:  # a split without data files: read the others one by one
+        pass
+    folder = Path(dataset_path)
+    splits = {}
+    for name in json.loads((folder / "dataset_dict.json").read_text(encoding="utf-8"))["splits"]:
+        state = json.loads((folder / name / "state.json").read_text(encoding="utf-8"))
+        if state.get("_data_files"):
+            splits[name] = Dataset.load_from_disk(str(folder / name))
+        else:
+            logger.info(
+                "%s: the %s split is empty (saved by an older create_dataset.py): read as absent", folder, name
+            )
+    return DatasetDict(splits)
 
 
 def percent(part, whole=None) -> float:

@@ -270,7 +270,7 @@ def read_dialogues(path: str | Path, *, skip_invalid: bool = False) -> list[Dial
 
 
 def read_id_list(path: str | Path) -> list[str]:
-    """The dialogue ids of a valListFile/testListFile, one a line (``.json`` suffix optional)."""
+    """The dialogue ids of a valListFile/testListFile, one a line (``.json`` suffix optional), each listed once."""
     path = Path(path)
     if path.is_dir():
         raise InputError(f"{path}: a folder, not a list file; pass the valListFile or testListFile inside it")
@@ -280,7 +280,18 @@ def read_id_list(path: str | Path) -> list[str]:
         raise InputError(f"{path}: no such list file") from None
     except (OSError, UnicodeDecodeError) as e:
         raise InputError(f"{path}: cannot read the list file ({e}); pass a readable UTF-8 text file") from None
-    ids = [clean_id(line) for line in text.splitlines() if line.strip()]
+    lines: dict[str, int] = {}  # id → its line number
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        dialogue_id = clean_id(line)
+        if dialogue_id in lines:
+            raise InputError(
+                f"{path}: dialogue {dialogue_id!r} is listed twice (lines {lines[dialogue_id]} and {number}), which "
+                "would repeat its question ids: remove the repeated line"
+            )
+        lines[dialogue_id] = number
+    ids = list(lines)
     if not ids:
         raise InputError(f"{path}: lists no dialogue ids (expected one id a line, e.g. PMUL0698.json)")
     return ids

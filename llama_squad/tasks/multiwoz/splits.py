@@ -40,6 +40,15 @@ def load_splits(args: Arguments) -> dict[str, list[Dialogue]]:
                         f"{missing[0]!r}); pass the list files of the same MultiWOZ release"
                     )
                 picked[name] = [everything[i] for i in ids]
+        if len(picked) == 2:  # a dialogue in both would give both splits its question ids
+            validation_ids = {d.dialogue_id for d in picked["validation"]}
+            both = [d.dialogue_id for d in picked["test"] if d.dialogue_id in validation_ids]
+            if both:
+                raise InputError(
+                    f"{args.val_list} and {args.test_list} both list dialogue {both[0]!r} ({len(both)} "
+                    f"dialogue{'s' if len(both) > 1 else ''} in both): a dialogue belongs to one split: remove it "
+                    "from one of the list files"
+                )
         listed = {d.dialogue_id for split in picked.values() for d in split}
         train = [d for d in everything.values() if d.dialogue_id not in listed]
         if "validation" not in picked:
