@@ -193,6 +193,6 @@ def scores_problem(output_dir: str | os.PathLike, dataset_path: str) -> str | No
         return f"{path}: the scores of an earlier test.py run, which the model cards show, cannot be read ({e}): {fix}"
     try:
         export.read_metrics(output_dir, dataset_path=dataset_path)
-    except InputError as e:
-        return f"{e} ({fix})"
+    except InputError as e:  # another task's scores, or not a JSON object
+        return str(e)
     return None
