@@ -46,15 +46,38 @@ def result_columns(task_module) -> list[str]:
     return list(RESULT_COLUMNS) + [c for c in task_module.EXTRA_RESULT_COLUMNS if c not in RESULT_COLUMNS]
 
 
-def _to_csv_text(rows: Iterable[dict], columns: list[str], header: bool) -> str:
+def csv_text(rows: Iterable[list]) -> str:
+    """CSV text of ``rows``, each ended by "\\n", every field holding "\\n" or "\\r" quoted.
+
+    The csv module of Python 3.11 quotes only the characters of its line terminator (later ones quote "\\r" too):
+    with "\\n", a bare "\\r" in a model's output would be written unquoted and end the row for every reader. Such a
+    row is written with all its fields quoted (the module chooses quoting per row, not per field); it reads the same.
+    """
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=columns, extrasaction="raise", lineterminator="\n")
-    if header:
-        writer.writeheader()
+    minimal = csv.writer(buffer, lineterminator="\n")
+    quote_all = csv.writer(buffer, lineterminator="\n", quoting=csv.QUOTE_ALL)
     for row in rows:
-        row = {**LATER_COLUMNS, **row}  # rows made by older code lack the later columns
-        writer.writerow({c: json.dumps(row[c], ensure_ascii=False) if c == "answers" else row[c] for c in columns})
+        (quote_all if any("\r" in str(value) for value in row) else minimal).writerow(row)
     return buffer.getvalue()
+
+
+def _to_csv_text(rows: Iterable[dict], columns: list[str], header: bool) -> str:
+    def fields(row: dict) -> list:
+        row = {**LATER_COLUMNS, **row}  # rows made by older code lack the later columns
+        unknown = [c for c in row if c not in columns]
+        if unknown:
+            raise ValueError(f"results row {row.get('id')!r} has fields {unknown} that are not columns {columns}")
+        return [json.dumps(row[c], ensure_ascii=False) if c == "answers" else row[c] for c in columns]
+
+    return csv_text(([columns] if header else []) + [fields(row) for row in rows])
+
+
+def csv_lines(text: str) -> list[str]:
+    """The lines of CSV text, each with its "\\n": split at "\\n" only, the one line break the CSV writer ends a row
+    with or quotes (``str.splitlines`` also breaks at "\\r", "\\x0b", "\\x0c", "\\x1c"-"\\x1e", "\\x85", "\\u2028" and
+    "\\u2029", which may stand unquoted inside a field)."""
+    lines = text.split("\n")
+    return [line + "\n" for line in lines[:-1]] + ([lines[-1]] if lines[-1] else [])
 
 
 def read_complete_rows(path: str | os.PathLike, columns: list[str]) -> tuple[list[list[str]], bool]:
@@ -77,7 +100,7 @@ def read_complete_rows(path: str | os.PathLike, columns: list[str]) -> tuple[lis
             ) from None
         text = data[: e.start].decode("utf-8")  # a character cut in two by a crash: its line is dropped below
         cut_bytes = True
-    lines = text.splitlines(keepends=True)
+    lines = csv_lines(text)
     consumed = 0
 
     def line_source():
@@ -108,7 +131,10 @@ def read_complete_rows(path: str | os.PathLike, columns: list[str]) -> tuple[lis
         pass
     tail = "".join(lines[good_lines:])
     if tail.strip():
-        cut_id = next(csv.reader([tail.split("\n", 1)[0]]), [""])[0]
+        try:
+            cut_id = next(csv.reader([tail.split("\n", 1)[0]]), [""])[0]
+        except csv.Error:  # a bare "\r" (written unquoted by earlier code): the id is still its first field
+            cut_id = tail.split(",", 1)[0]
         while rows and rows[-1][0] == cut_id:
             rows.pop()
     return rows, bool(tail) or cut_bytes
@@ -136,12 +162,8 @@ class ResultsWriter:
         rows, cut = read_complete_rows(self.path, self.columns)
         if cut:
             logger.warning("%s: dropping the incomplete end of an interrupted run", self.path)
-            buffer = io.StringIO()
-            writer = csv.writer(buffer, lineterminator="\n")
-            writer.writerow(self.columns)
-            writer.writerows(rows)
             with atomic_path(self.path) as tmp:
-                tmp.write_text(buffer.getvalue(), encoding="utf-8")
+                tmp.write_text(csv_text([self.columns, *rows]), encoding="utf-8", newline="")
         self.done = {r[0] for r in rows}
         self.rows_written = len(rows)
         if self.done:
@@ -287,13 +309,9 @@ def merge_shards(folder: str | os.PathLike, columns: list[str], example_ids: lis
             f"(first: {missing[:3]}): a process's shard is missing or unfinished; re-run the same command to answer "
             "them"
         )
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(columns)
-    for example_id in example_ids:
-        writer.writerows(by_example[example_id])
+    text = csv_text([columns] + [row for example_id in example_ids for row in by_example[example_id]])
     with atomic_path(folder / "results.csv") as tmp:
-        tmp.write_text(buffer.getvalue(), encoding="utf-8")
+        tmp.write_text(text, encoding="utf-8", newline="")
     shutil.rmtree(folder / SHARDS, ignore_errors=True)
     return folder / "results.csv"
 
