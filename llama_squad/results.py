@@ -86,6 +86,12 @@ def read_complete_rows(path: str | os.PathLike, columns: list[str]) -> tuple[lis
     A row counts when it has every field and its line break; a row cut by a crash (or a character cut in two) is
     not, and neither are the earlier rows of its example (an example's rows are written together). Read-only.
     """
+    rows, cut = read_numbered_rows(path, columns)
+    return [row for _, row in rows], cut
+
+
+def read_numbered_rows(path: str | os.PathLike, columns: list[str]) -> tuple[list[tuple[int, list[str]]], bool]:
+    """:func:`read_complete_rows` with the line each row starts on (the header is line 1)."""
     path = Path(path)
     data = path.read_bytes()
     cut_bytes = False
@@ -110,7 +116,7 @@ def read_complete_rows(path: str | os.PathLike, columns: list[str]) -> tuple[lis
             yield line
 
     reader = csv.reader(line_source(), strict=True)
-    rows: list[list[str]] = []
+    rows: list[tuple[int, list[str]]] = []
     try:
         header = next(reader, None)
     except csv.Error:
@@ -125,7 +131,7 @@ def read_complete_rows(path: str | os.PathLike, columns: list[str]) -> tuple[lis
         for row in reader:
             if len(row) != len(columns) or not lines[consumed - 1].endswith("\n"):
                 break
-            rows.append(row)
+            rows.append((good_lines + 1, row))
             good_lines = consumed
     except csv.Error:  # a quoted field cut short by a crash
         pass
@@ -135,7 +141,7 @@ def read_complete_rows(path: str | os.PathLike, columns: list[str]) -> tuple[lis
             cut_id = next(csv.reader([tail.split("\n", 1)[0]]), [""])[0]
         except csv.Error:  # a bare "\r" (written unquoted by earlier code): the id is still its first field
             cut_id = tail.split(",", 1)[0]
-        while rows and rows[-1][0] == cut_id:
+        while rows and rows[-1][1][0] == cut_id:
             rows.pop()
     return rows, bool(tail) or cut_bytes
 
@@ -278,26 +284,50 @@ def run_files(folder: str | os.PathLike) -> list[Path]:
     return files + sorted((folder / SHARDS).glob("results-rank*.csv"))
 
 
-def answered_ids(folder: str | os.PathLike, columns: list[str]) -> set[str]:
-    """The example ids with complete rows in any of the run's files (read-only: a torn end is ignored)."""
-    files = [path for path in run_files(folder) if path.stat().st_size]
-    return {row[0] for path in files for row in read_complete_rows(path, columns)[0]}
+def check_asked(path: Path, rows: list[tuple[int, list[str]]], example_ids: set[str]) -> None:
+    """Refuse the rows (from :func:`read_numbered_rows`) of any example but ``example_ids``, the questions this run
+    asks: they would be counted in its metrics."""
+    foreign = [(line, row[0]) for line, row in rows if row[0] not in example_ids]
+    if foreign:
+        line, example_id = foreign[0]
+        others = f" (and {len(foreign) - 1} more rows)" if len(foreign) > 1 else ""
+        raise InputError(
+            f"{path}: line {line} is a row of example_id {example_id!r}{others}, which is not one of the "
+            f"{len(example_ids)} questions this run asks: the file was changed outside test.py; delete that row, or "
+            "pass --overwrite to start again"
+        )
+
+
+def answered_ids(folder: str | os.PathLike, columns: list[str], example_ids: Iterable[str]) -> set[str]:
+    """The example ids with complete rows in any of the run's files (read-only: a torn end is ignored). A row of an
+    example that is not in ``example_ids`` (the questions this run asks) raises :class:`InputError`."""
+    asked = set(example_ids)
+    done = set()
+    for path in run_files(folder):
+        if path.stat().st_size:
+            rows, _ = read_numbered_rows(path, columns)
+            check_asked(path, rows, asked)
+            done.update(row[0] for _, row in rows)
+    return done
 
 
 def merge_shards(folder: str | os.PathLike, columns: list[str], example_ids: list[str]) -> Path:
     """Merge results.csv and the shards into one results.csv, in the order of ``example_ids``; then drop the shards.
 
     Every example must have its rows: a shard that is missing or unfinished is an error naming what is absent,
-    never a smaller table. An example answered twice (a crash between two merges) keeps its first rows.
+    never a smaller table, and a row of any other example is an error naming it. An example answered twice (a crash
+    between two merges) keeps its first rows.
     """
     folder = Path(folder)
+    asked = set(example_ids)
     by_example: dict[str, list[list[str]]] = {}
     for path in run_files(folder):
         if not path.stat().st_size:
             continue
-        rows, _ = read_complete_rows(path, columns)
+        rows, _ = read_numbered_rows(path, columns)
+        check_asked(path, rows, asked)
         seen_here: dict[str, list[list[str]]] = {}
-        for row in rows:
+        for _, row in rows:
             seen_here.setdefault(row[0], []).append(row)
         for example_id, example_rows in seen_here.items():
             by_example.setdefault(example_id, example_rows)

@@ -20,7 +20,16 @@ import train
 from llama_squad import training
 from llama_squad.checkpoints import checkpoint_problem, latest_complete_checkpoint
 from llama_squad.files import InputError, output_lock
-from llama_squad.results import RESULT_COLUMNS, ResultsWriter, read_results
+from llama_squad.results import (
+    RESULT_COLUMNS,
+    ResultsWriter,
+    answered_ids,
+    merge_shards,
+    read_results,
+    result_columns,
+    shard_path,
+)
+from llama_squad.tasks import squad_v2
 
 REPO = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1"}
@@ -311,6 +320,45 @@ def test_a_killed_run_leaves_no_metrics_that_look_current(tmp_path, tiny_model_d
     assert not (out / "metrics.json").exists(), "metrics.json of the 2-row run must not outlive the longer run"
     assert test_script.main(argv) == 0
     assert metrics_of(out)["total"] == 8 == len(read_results(out / "results.csv"))
+
+
+def test_a_row_of_a_question_the_run_does_not_ask_is_refused(tmp_path, caplog, tiny_model_dir, tiny_dataset_dir):
+    """A row added to a finished run's results.csv (another run's, or edited by hand) was resumed and scored: its
+    metrics.json counted 9 of 8 questions. The re-run names the row and writes nothing."""
+    out = tmp_path / "eval"
+    argv = eval_argv(tiny_model_dir, tiny_dataset_dir, out)
+    assert test_script.main(argv) == 0
+    assert metrics_of(out)["total"] == 8
+    metrics = (out / "metrics.json").read_bytes()
+    ResultsWriter(out / "results.csv", result_columns(squad_v2)).write([squad_row("elsewhere", 1.0) | {"title": "T"}])
+    results = (out / "results.csv").read_bytes()
+    caplog.clear()
+    assert test_script.main(argv) == 1
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert errors == [
+        f"{out / 'results.csv'}: line 10 is a row of example_id 'elsewhere', which is not one of the 8 questions this "
+        "run asks: the file was changed outside test.py; delete that row, or pass --overwrite to start again"
+    ]
+    assert (out / "metrics.json").read_bytes() == metrics and (out / "results.csv").read_bytes() == results
+    assert "loaded" not in caplog.text  # refused before loading the model
+
+
+def test_a_shard_row_of_a_question_the_run_does_not_ask_is_not_merged(tmp_path):
+    columns = result_columns(squad_v2)
+    rows = [squad_row(qid, 1.0) | {"title": "T"} for qid in ("q1", "q2", "elsewhere")]
+    ResultsWriter(shard_path(tmp_path, 0), columns).write(rows[:1])
+    ResultsWriter(shard_path(tmp_path, 1), columns).write(rows[1:])
+    message = (
+        f"{shard_path(tmp_path, 1)}: line 3 is a row of example_id 'elsewhere', which is not one of the 2 questions "
+        "this run asks: the file was changed outside test.py; delete that row, or pass --overwrite to start again"
+    )
+    with pytest.raises(InputError) as answered:
+        answered_ids(tmp_path, columns, ["q1", "q2"])
+    with pytest.raises(InputError) as merged:
+        merge_shards(tmp_path, columns, ["q1", "q2"])
+    assert str(answered.value) == str(merged.value) == message
+    assert not (tmp_path / "results.csv").exists()
+    assert answered_ids(tmp_path, columns, ["q1", "q2", "elsewhere", "q3"]) == {"q1", "q2", "elsewhere"}
 
 
 def test_a_results_file_cut_inside_a_character_resumes(tmp_path):

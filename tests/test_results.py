@@ -216,7 +216,7 @@ def test_shards_holding_every_line_break_merge(tmp_path):
     ResultsWriter(shard_path(tmp_path, 0), COLUMNS).write(rows[:6])
     ResultsWriter(shard_path(tmp_path, 1), COLUMNS).write(rows[6:])
     ids = [f"q{i}" for i in range(1, 12)]
-    assert answered_ids(tmp_path, COLUMNS) == set(ids)
+    assert answered_ids(tmp_path, COLUMNS, ids) == set(ids)
     merged = merge_shards(tmp_path, COLUMNS, ids)
     df = read_results(merged)
     assert df["id"].tolist() == ids and not (tmp_path / SHARDS).exists()
