@@ -437,6 +437,9 @@ def test_every_users_mistake_gets_one_message_and_no_output(
     not_a_dataset.mkdir()
     results = write_run(tmp_path / "badjson", [squad_row("q1", 1.0)])
     results.write_text(results.read_text().replace('"[""a""]"', "[oops"))
+    no_weights = tmp_path / "no_weights"  # config.json passes the early check: loading fails after the folder lock
+    shutil.copytree(tiny_model_dir, no_weights)
+    (no_weights / "model.safetensors").unlink()
 
     out = tmp_path / "out"
     model, data = tiny_model_dir, tiny_dataset_dir
@@ -456,6 +459,9 @@ def test_every_users_mistake_gets_one_message_and_no_output(
         (train, train_argv(model, tmp_path / "nowhere", out), "--dataset_path"),
         (train, train_argv(model, data, out, "--resume_from_checkpoint", str(tmp_path)), "cannot resume from it"),
         (train, train_argv(model, data, out, "--hub_repo_id", "noslash"), "expected USER_OR_ORG/NAME"),
+        # found after the output folder is locked (and created): the folder goes again, with its lock file
+        (train, train_argv(model, data, out, "--max_length", "16"), "no training example fits --max_length 16"),
+        (train, train_argv(no_weights, data, out / "nested"), "cannot load the model"),
         (train, ["--config", str(tmp_path / "missing.yaml")], "missing.yaml: no such file"),
         (train, ["--config", str(bad_yaml)], "not valid YAML at line 3"),
         (train, ["--config", str(list_yaml)], "holds a YAML list, not a mapping"),
@@ -473,6 +479,7 @@ def test_every_users_mistake_gets_one_message_and_no_output(
         (test_script, eval_argv(model, data, out, "--adapter_path", str(torn)), "is cut short"),
         (test_script, eval_argv(model, data, out, "--adapter_path", str(tmp_path)), "no adapter_config.json"),
         (test_script, eval_argv(tmp_path / "nowhere", data, out), "no such folder"),
+        (test_script, eval_argv(no_weights, data, out / "nested"), "cannot load the model"),
         (test_script, ["--config", str(bad_yaml)], "not valid YAML"),
         (summarize_results, [str(results)], "line 2 has '[oops'"),
         (summarize_results, [str(tmp_path / "nowhere.csv")], "no such results file"),
