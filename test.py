@@ -121,7 +121,9 @@ def evaluate(args: TestArguments, model_args: ModelLoadingArguments, options: Ge
         distributed.run_on_main(state, lambda: stack.enter_context(output_lock(output_dir)))
         # Resume only results of these settings.
         results.check_resume(output_dir, settings, len(examples), args.overwrite)
-        done = set() if args.overwrite else results.answered_ids(output_dir, columns)
+        # The rows already there: only questions of this run (a larger --limit extends a run), never another row.
+        example_ids = [str(ex["id"]) for ex in examples]
+        done = set() if args.overwrite else results.answered_ids(output_dir, columns, example_ids)
         # a contiguous block each: the questions that share a prompt prefix (one dialogue turn) stay together
         mine = examples[rank * len(examples) // processes : (rank + 1) * len(examples) // processes]
         todo = [ex for ex in mine if str(ex["id"]) not in done]
@@ -164,7 +166,7 @@ def evaluate(args: TestArguments, model_args: ModelLoadingArguments, options: Ge
 
         # 5. One results.csv (the shards merged in question order), and the metrics of exactly its rows.
         if processes > 1 or results.run_files(output_dir) != [output_csv]:
-            results.merge_shards(output_dir, columns, [str(ex["id"]) for ex in examples])
+            results.merge_shards(output_dir, columns, example_ids)
         rows = results.read_results(output_csv)
         metrics = results.summarize(rows)
         generation.save_metrics({"task": task.NAME, **metrics}, output_dir / "metrics.json")  # export checks it

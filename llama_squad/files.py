@@ -2,17 +2,103 @@
 
 import hashlib
 import json
+import logging
 import os
+import re
 import shutil
+import socket
 import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+logger = logging.getLogger(__name__)
+
 
 class InputError(ValueError):
     """Bad input data: the message names the file, the record and what to do."""
+
+
+LEGACY_DEBRIS_AGE_S = 3600  # a temporary of earlier code, which names no owner, is left alone for an hour
+
+
+def _host() -> str:
+    """This machine's name as a temporary's name holds it (no "/", never empty)."""
+    return socket.gethostname().replace("/", "_") or "localhost"
+
+
+def _debris_prefix(path: Path, kind: str) -> str:
+    """The start of the name of a temporary (``kind`` "tmp") or replaced folder ("old") of ``path`` that this process
+    makes: ``.NAME.KIND-HOST-PID-``; a random part follows."""
+    return f".{path.name}.{kind}-{_host()}-{os.getpid()}-"
+
+
+def _process_is_dead(pid: int) -> bool:
+    """Whether no process ``pid`` runs on this machine (another user's is alive: signalling it is not permitted)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # PermissionError: alive, another user's
+        return False
+    return False
+
+
+def _newest_change(path: Path) -> float:
+    """The latest modification time of ``path`` and, for a folder, of anything in it (a file being written)."""
+    newest = path.lstat().st_mtime
+    if path.is_dir() and not path.is_symlink():
+        for root, dirs, files in os.walk(path):
+            for name in dirs + files:
+                try:
+                    newest = max(newest, os.lstat(os.path.join(root, name)).st_mtime)
+                except OSError:
+                    pass
+    return newest
+
+
+def remove_stale_temporaries(path: str | os.PathLike) -> list[Path]:
+    """Remove what killed writers of ``path`` left beside it, and return what was removed.
+
+    :func:`atomic_path` names its temporaries ``.NAME.tmp-HOST-PID-RANDOM`` and a folder it replaces
+    ``.NAME.old-HOST-PID-RANDOM``: those of this host whose process is gone are removed; those of a live process or
+    another host are left alone. Names without host and process (``.NAME.tmp-RANDOM``, ``.NAME.old-PID``: earlier
+    code) are removed once nothing in them changed for an hour.
+    """
+    path = Path(path)
+    if not path.parent.is_dir():
+        return []
+    name = re.escape(path.name)
+    owned = re.compile(rf"\.{name}\.(?:tmp|old)-(?P<host>.+)-(?P<pid>\d+)-[a-z0-9_]+")
+    legacy = re.compile(rf"\.{name}\.(?:tmp-[a-z0-9_]{{8}}|old-\d+)")
+    host = _host()
+    removed = []
+    for entry in path.parent.iterdir():
+        if not entry.name.startswith(f".{path.name}."):
+            continue
+        try:
+            if match := owned.fullmatch(entry.name):
+                stale = match["host"] == host and _process_is_dead(int(match["pid"]))
+            elif legacy.fullmatch(entry.name):
+                stale = time.time() - _newest_change(entry) > LEGACY_DEBRIS_AGE_S
+            else:
+                continue
+            if not stale:
+                continue
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
+        except FileNotFoundError:  # removed by another process meanwhile
+            continue
+        except OSError as e:
+            logger.warning("%s: left by an interrupted write, and cannot be removed (%s)", entry, e)
+            continue
+        logger.info("removed %s, left by an interrupted write of %s", entry, path)
+        removed.append(entry)
+    return removed
 
 
 @contextmanager
@@ -20,33 +106,40 @@ def atomic_path(path: str | os.PathLike, *, is_dir: bool = False, overwrite: boo
     """Yield a temporary path beside ``path``; on success rename it to ``path``, on error remove it.
 
     Readers never see a half-written file or folder: ``path`` either keeps its old content or gets the complete
-    new one. A folder that exists is replaced only with ``overwrite``.
+    new one. A folder that exists is replaced only with ``overwrite``. A symbolic link is followed: what it points to
+    is replaced, the link stays.
+
+    The temporary is named after its owner (``.NAME.tmp-HOST-PID-RANDOM``): what a killed process left is removed by
+    the next write of the same path (:func:`remove_stale_temporaries`).
 
     The result has the mode a plain ``open()`` or ``mkdir()`` creates (0o666 or 0o777 less the umask: 0o644 or 0o755
     under umask 022), not the private one of the temporary path, which the caller may still change. A replaced file's
     mode is not kept: this writes a new file, as ``mv`` does, and files made private by earlier writes get it back.
     """
     path = Path(path)
+    if path.is_symlink():
+        path = path.resolve()  # the link's target (its parent too): the temporary is made beside it
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} already exists: pass --overwrite to replace it, or choose another path")
     path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(path)
     try:  # the umask has no getter: Linux shows it in /proc, elsewhere set a private one and put it back at once
         umask = int(Path("/proc/self/status").read_text().split("Umask:", 1)[1].split()[0], 8)
     except (OSError, IndexError, ValueError):
         umask = os.umask(0o077)
         os.umask(umask)
     if is_dir:
-        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+        tmp = Path(tempfile.mkdtemp(prefix=_debris_prefix(path, "tmp"), dir=path.parent))
     else:
-        fd, name = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
+        fd, name = tempfile.mkstemp(prefix=_debris_prefix(path, "tmp"), dir=path.parent)
         os.close(fd)
         tmp = Path(name)
     try:
         tmp.chmod((0o777 if is_dir else 0o666) & ~umask)  # mkdtemp and mkstemp make them 0o700 and 0o600
         yield tmp
         if is_dir and path.exists():
-            old = path.with_name(f".{path.name}.old-{os.getpid()}")
-            os.replace(path, old)
+            old = Path(tempfile.mkdtemp(prefix=_debris_prefix(path, "old"), dir=path.parent))
+            os.replace(path, old)  # onto the empty folder just made: a name no one else holds
             os.replace(tmp, path)
             shutil.rmtree(old, ignore_errors=True)
         else:
@@ -156,15 +249,37 @@ def file_lock(
         lock.release()
 
 
-def output_lock(folder: str | os.PathLike, option: str = "--output_dir"):
+@contextmanager
+def output_lock(folder: str | os.PathLike, option: str = "--output_dir") -> Iterator[Path]:
     """Hold an exclusive lock on an output folder (``folder/.llama_squad.lock``) for the duration of a run; a second
-    run on it fails at once. The folder is created if needed."""
+    run on it fails at once. The folder is created if needed, and removed again (with the lock file and the parents
+    made for it) if the run ends having written nothing else into it: a run that stops on an error leaves no folder.
+    """
     folder = Path(folder)
     busy = (
         f"{option} {folder}: another run is writing to this folder right now (it holds {folder / LOCK_NAME}); "
         f"wait for it to finish, or pass another {option}"
     )
-    return file_lock(folder / LOCK_NAME, timeout=0, busy=busy)
+    made = [p for p in (folder, *folder.parents) if not p.exists()]  # the folder first, then its new parents
+    with file_lock(folder / LOCK_NAME, timeout=0, busy=busy) as lock:
+        try:
+            yield lock
+        finally:
+            if made:
+                _remove_unused(made, lock)
+
+
+def _remove_unused(made: list[Path], lock: Path) -> None:
+    """Remove the lock file and the folders ``made`` for it (deepest first) while they hold nothing else. Called with
+    the lock held: a run that starts meanwhile makes a new lock file, and its folder is then left alone."""
+    try:
+        if [p.name for p in made[0].iterdir()] != [lock.name]:
+            return
+        lock.unlink()
+        for folder in made:
+            folder.rmdir()  # only an empty folder: never what another run has just written
+    except OSError:
+        return
 
 
 def fingerprint_files(paths: list[str | os.PathLike], sample_bytes: int | None = None) -> str:

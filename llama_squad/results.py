@@ -46,15 +46,38 @@ def result_columns(task_module) -> list[str]:
     return list(RESULT_COLUMNS) + [c for c in task_module.EXTRA_RESULT_COLUMNS if c not in RESULT_COLUMNS]
 
 
-def _to_csv_text(rows: Iterable[dict], columns: list[str], header: bool) -> str:
+def csv_text(rows: Iterable[list]) -> str:
+    """CSV text of ``rows``, each ended by "\\n", every field holding "\\n" or "\\r" quoted.
+
+    The csv module of Python 3.11 quotes only the characters of its line terminator (later ones quote "\\r" too):
+    with "\\n", a bare "\\r" in a model's output would be written unquoted and end the row for every reader. Such a
+    row is written with all its fields quoted (the module chooses quoting per row, not per field); it reads the same.
+    """
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=columns, extrasaction="raise", lineterminator="\n")
-    if header:
-        writer.writeheader()
+    minimal = csv.writer(buffer, lineterminator="\n")
+    quote_all = csv.writer(buffer, lineterminator="\n", quoting=csv.QUOTE_ALL)
     for row in rows:
-        row = {**LATER_COLUMNS, **row}  # rows made by older code lack the later columns
-        writer.writerow({c: json.dumps(row[c], ensure_ascii=False) if c == "answers" else row[c] for c in columns})
+        (quote_all if any("\r" in str(value) for value in row) else minimal).writerow(row)
     return buffer.getvalue()
+
+
+def _to_csv_text(rows: Iterable[dict], columns: list[str], header: bool) -> str:
+    def fields(row: dict) -> list:
+        row = {**LATER_COLUMNS, **row}  # rows made by older code lack the later columns
+        unknown = [c for c in row if c not in columns]
+        if unknown:
+            raise ValueError(f"results row {row.get('id')!r} has fields {unknown} that are not columns {columns}")
+        return [json.dumps(row[c], ensure_ascii=False) if c == "answers" else row[c] for c in columns]
+
+    return csv_text(([columns] if header else []) + [fields(row) for row in rows])
+
+
+def csv_lines(text: str) -> list[str]:
+    """The lines of CSV text, each with its "\\n": split at "\\n" only, the one line break the CSV writer ends a row
+    with or quotes (``str.splitlines`` also breaks at "\\r", "\\x0b", "\\x0c", "\\x1c"-"\\x1e", "\\x85", "\\u2028" and
+    "\\u2029", which may stand unquoted inside a field)."""
+    lines = text.split("\n")
+    return [line + "\n" for line in lines[:-1]] + ([lines[-1]] if lines[-1] else [])
 
 
 def read_complete_rows(path: str | os.PathLike, columns: list[str]) -> tuple[list[list[str]], bool]:
@@ -63,6 +86,12 @@ def read_complete_rows(path: str | os.PathLike, columns: list[str]) -> tuple[lis
     A row counts when it has every field and its line break; a row cut by a crash (or a character cut in two) is
     not, and neither are the earlier rows of its example (an example's rows are written together). Read-only.
     """
+    rows, cut = read_numbered_rows(path, columns)
+    return [row for _, row in rows], cut
+
+
+def read_numbered_rows(path: str | os.PathLike, columns: list[str]) -> tuple[list[tuple[int, list[str]]], bool]:
+    """:func:`read_complete_rows` with the line each row starts on (the header is line 1)."""
     path = Path(path)
     data = path.read_bytes()
     cut_bytes = False
@@ -77,7 +106,7 @@ def read_complete_rows(path: str | os.PathLike, columns: list[str]) -> tuple[lis
             ) from None
         text = data[: e.start].decode("utf-8")  # a character cut in two by a crash: its line is dropped below
         cut_bytes = True
-    lines = text.splitlines(keepends=True)
+    lines = csv_lines(text)
     consumed = 0
 
     def line_source():
@@ -87,7 +116,7 @@ def read_complete_rows(path: str | os.PathLike, columns: list[str]) -> tuple[lis
             yield line
 
     reader = csv.reader(line_source(), strict=True)
-    rows: list[list[str]] = []
+    rows: list[tuple[int, list[str]]] = []
     try:
         header = next(reader, None)
     except csv.Error:
@@ -102,14 +131,17 @@ def read_complete_rows(path: str | os.PathLike, columns: list[str]) -> tuple[lis
         for row in reader:
             if len(row) != len(columns) or not lines[consumed - 1].endswith("\n"):
                 break
-            rows.append(row)
+            rows.append((good_lines + 1, row))
             good_lines = consumed
     except csv.Error:  # a quoted field cut short by a crash
         pass
     tail = "".join(lines[good_lines:])
     if tail.strip():
-        cut_id = next(csv.reader([tail.split("\n", 1)[0]]), [""])[0]
-        while rows and rows[-1][0] == cut_id:
+        try:
+            cut_id = next(csv.reader([tail.split("\n", 1)[0]]), [""])[0]
+        except csv.Error:  # a bare "\r" (written unquoted by earlier code): the id is still its first field
+            cut_id = tail.split(",", 1)[0]
+        while rows and rows[-1][1][0] == cut_id:
             rows.pop()
     return rows, bool(tail) or cut_bytes
 
@@ -136,12 +168,8 @@ class ResultsWriter:
         rows, cut = read_complete_rows(self.path, self.columns)
         if cut:
             logger.warning("%s: dropping the incomplete end of an interrupted run", self.path)
-            buffer = io.StringIO()
-            writer = csv.writer(buffer, lineterminator="\n")
-            writer.writerow(self.columns)
-            writer.writerows(rows)
             with atomic_path(self.path) as tmp:
-                tmp.write_text(buffer.getvalue(), encoding="utf-8")
+                tmp.write_text(csv_text([self.columns, *rows]), encoding="utf-8", newline="")
         self.done = {r[0] for r in rows}
         self.rows_written = len(rows)
         if self.done:
@@ -256,26 +284,50 @@ def run_files(folder: str | os.PathLike) -> list[Path]:
     return files + sorted((folder / SHARDS).glob("results-rank*.csv"))
 
 
-def answered_ids(folder: str | os.PathLike, columns: list[str]) -> set[str]:
-    """The example ids with complete rows in any of the run's files (read-only: a torn end is ignored)."""
-    files = [path for path in run_files(folder) if path.stat().st_size]
-    return {row[0] for path in files for row in read_complete_rows(path, columns)[0]}
+def check_asked(path: Path, rows: list[tuple[int, list[str]]], example_ids: set[str]) -> None:
+    """Refuse the rows (from :func:`read_numbered_rows`) of any example but ``example_ids``, the questions this run
+    asks: they would be counted in its metrics."""
+    foreign = [(line, row[0]) for line, row in rows if row[0] not in example_ids]
+    if foreign:
+        line, example_id = foreign[0]
+        others = f" (and {len(foreign) - 1} more rows)" if len(foreign) > 1 else ""
+        raise InputError(
+            f"{path}: line {line} is a row of example_id {example_id!r}{others}, which is not one of the "
+            f"{len(example_ids)} questions this run asks: the file was changed outside test.py; delete that row, or "
+            "pass --overwrite to start again"
+        )
+
+
+def answered_ids(folder: str | os.PathLike, columns: list[str], example_ids: Iterable[str]) -> set[str]:
+    """The example ids with complete rows in any of the run's files (read-only: a torn end is ignored). A row of an
+    example that is not in ``example_ids`` (the questions this run asks) raises :class:`InputError`."""
+    asked = set(example_ids)
+    done = set()
+    for path in run_files(folder):
+        if path.stat().st_size:
+            rows, _ = read_numbered_rows(path, columns)
+            check_asked(path, rows, asked)
+            done.update(row[0] for _, row in rows)
+    return done
 
 
 def merge_shards(folder: str | os.PathLike, columns: list[str], example_ids: list[str]) -> Path:
     """Merge results.csv and the shards into one results.csv, in the order of ``example_ids``; then drop the shards.
 
     Every example must have its rows: a shard that is missing or unfinished is an error naming what is absent,
-    never a smaller table. An example answered twice (a crash between two merges) keeps its first rows.
+    never a smaller table, and a row of any other example is an error naming it. An example answered twice (a crash
+    between two merges) keeps its first rows.
     """
     folder = Path(folder)
+    asked = set(example_ids)
     by_example: dict[str, list[list[str]]] = {}
     for path in run_files(folder):
         if not path.stat().st_size:
             continue
-        rows, _ = read_complete_rows(path, columns)
+        rows, _ = read_numbered_rows(path, columns)
+        check_asked(path, rows, asked)
         seen_here: dict[str, list[list[str]]] = {}
-        for row in rows:
+        for _, row in rows:
             seen_here.setdefault(row[0], []).append(row)
         for example_id, example_rows in seen_here.items():
             by_example.setdefault(example_id, example_rows)
@@ -287,13 +339,9 @@ def merge_shards(folder: str | os.PathLike, columns: list[str], example_ids: lis
             f"(first: {missing[:3]}): a process's shard is missing or unfinished; re-run the same command to answer "
             "them"
         )
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(columns)
-    for example_id in example_ids:
-        writer.writerows(by_example[example_id])
+    text = csv_text([columns] + [row for example_id in example_ids for row in by_example[example_id]])
     with atomic_path(folder / "results.csv") as tmp:
-        tmp.write_text(buffer.getvalue(), encoding="utf-8")
+        tmp.write_text(text, encoding="utf-8", newline="")
     shutil.rmtree(folder / SHARDS, ignore_errors=True)
     return folder / "results.csv"
 

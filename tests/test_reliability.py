@@ -20,7 +20,16 @@ import train
 from llama_squad import training
 from llama_squad.checkpoints import checkpoint_problem, latest_complete_checkpoint
 from llama_squad.files import InputError, output_lock
-from llama_squad.results import RESULT_COLUMNS, ResultsWriter, read_results
+from llama_squad.results import (
+    RESULT_COLUMNS,
+    ResultsWriter,
+    answered_ids,
+    merge_shards,
+    read_results,
+    result_columns,
+    shard_path,
+)
+from llama_squad.tasks import squad_v2
 
 REPO = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1"}
@@ -313,6 +322,45 @@ def test_a_killed_run_leaves_no_metrics_that_look_current(tmp_path, tiny_model_d
     assert metrics_of(out)["total"] == 8 == len(read_results(out / "results.csv"))
 
 
+def test_a_row_of_a_question_the_run_does_not_ask_is_refused(tmp_path, caplog, tiny_model_dir, tiny_dataset_dir):
+    """A row added to a finished run's results.csv (another run's, or edited by hand) was resumed and scored: its
+    metrics.json counted 9 of 8 questions. The re-run names the row and writes nothing."""
+    out = tmp_path / "eval"
+    argv = eval_argv(tiny_model_dir, tiny_dataset_dir, out)
+    assert test_script.main(argv) == 0
+    assert metrics_of(out)["total"] == 8
+    metrics = (out / "metrics.json").read_bytes()
+    ResultsWriter(out / "results.csv", result_columns(squad_v2)).write([squad_row("elsewhere", 1.0) | {"title": "T"}])
+    results = (out / "results.csv").read_bytes()
+    caplog.clear()
+    assert test_script.main(argv) == 1
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert errors == [
+        f"{out / 'results.csv'}: line 10 is a row of example_id 'elsewhere', which is not one of the 8 questions this "
+        "run asks: the file was changed outside test.py; delete that row, or pass --overwrite to start again"
+    ]
+    assert (out / "metrics.json").read_bytes() == metrics and (out / "results.csv").read_bytes() == results
+    assert "loaded" not in caplog.text  # refused before loading the model
+
+
+def test_a_shard_row_of_a_question_the_run_does_not_ask_is_not_merged(tmp_path):
+    columns = result_columns(squad_v2)
+    rows = [squad_row(qid, 1.0) | {"title": "T"} for qid in ("q1", "q2", "elsewhere")]
+    ResultsWriter(shard_path(tmp_path, 0), columns).write(rows[:1])
+    ResultsWriter(shard_path(tmp_path, 1), columns).write(rows[1:])
+    message = (
+        f"{shard_path(tmp_path, 1)}: line 3 is a row of example_id 'elsewhere', which is not one of the 2 questions "
+        "this run asks: the file was changed outside test.py; delete that row, or pass --overwrite to start again"
+    )
+    with pytest.raises(InputError) as answered:
+        answered_ids(tmp_path, columns, ["q1", "q2"])
+    with pytest.raises(InputError) as merged:
+        merge_shards(tmp_path, columns, ["q1", "q2"])
+    assert str(answered.value) == str(merged.value) == message
+    assert not (tmp_path / "results.csv").exists()
+    assert answered_ids(tmp_path, columns, ["q1", "q2", "elsewhere", "q3"]) == {"q1", "q2", "elsewhere"}
+
+
 def test_a_results_file_cut_inside_a_character_resumes(tmp_path):
     columns = list(RESULT_COLUMNS)
     path = tmp_path / "results.csv"
@@ -389,6 +437,9 @@ def test_every_users_mistake_gets_one_message_and_no_output(
     not_a_dataset.mkdir()
     results = write_run(tmp_path / "badjson", [squad_row("q1", 1.0)])
     results.write_text(results.read_text().replace('"[""a""]"', "[oops"))
+    no_weights = tmp_path / "no_weights"  # config.json passes the early check: loading fails after the folder lock
+    shutil.copytree(tiny_model_dir, no_weights)
+    (no_weights / "model.safetensors").unlink()
 
     out = tmp_path / "out"
     model, data = tiny_model_dir, tiny_dataset_dir
@@ -408,6 +459,9 @@ def test_every_users_mistake_gets_one_message_and_no_output(
         (train, train_argv(model, tmp_path / "nowhere", out), "--dataset_path"),
         (train, train_argv(model, data, out, "--resume_from_checkpoint", str(tmp_path)), "cannot resume from it"),
         (train, train_argv(model, data, out, "--hub_repo_id", "noslash"), "expected USER_OR_ORG/NAME"),
+        # found after the output folder is locked (and created): the folder goes again, with its lock file
+        (train, train_argv(model, data, out, "--max_length", "16"), "no training example fits --max_length 16"),
+        (train, train_argv(no_weights, data, out / "nested"), "cannot load the model"),
         (train, ["--config", str(tmp_path / "missing.yaml")], "missing.yaml: no such file"),
         (train, ["--config", str(bad_yaml)], "not valid YAML at line 3"),
         (train, ["--config", str(list_yaml)], "holds a YAML list, not a mapping"),
@@ -425,6 +479,7 @@ def test_every_users_mistake_gets_one_message_and_no_output(
         (test_script, eval_argv(model, data, out, "--adapter_path", str(torn)), "is cut short"),
         (test_script, eval_argv(model, data, out, "--adapter_path", str(tmp_path)), "no adapter_config.json"),
         (test_script, eval_argv(tmp_path / "nowhere", data, out), "no such folder"),
+        (test_script, eval_argv(no_weights, data, out / "nested"), "cannot load the model"),
         (test_script, ["--config", str(bad_yaml)], "not valid YAML"),
         (summarize_results, [str(results)], "line 2 has '[oops'"),
         (summarize_results, [str(tmp_path / "nowhere.csv")], "no such results file"),

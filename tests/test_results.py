@@ -2,12 +2,23 @@
 
 import csv
 import json
+import logging
 
 import pytest
 
 import summarize_results
 from llama_squad.files import InputError
-from llama_squad.results import RESULT_COLUMNS, ResultsWriter, read_results, result_columns
+from llama_squad.results import (
+    RESULT_COLUMNS,
+    SHARDS,
+    ResultsWriter,
+    answered_ids,
+    merge_shards,
+    read_complete_rows,
+    read_results,
+    result_columns,
+    shard_path,
+)
 from llama_squad.summary import summarize_files
 from llama_squad.tasks import squad_v2
 
@@ -153,3 +164,79 @@ def test_answers_column_is_json(tmp_path):
     with open(path) as f:
         first = next(csv.DictReader(f))
     assert json.loads(first["answers"]) == ["gold, with comma", 'a "quote"']
+
+
+# Every character str.splitlines breaks a line at, "\n" and "\r" among them: none may end a row where the CSV
+# writer does not (a resumed run would re-answer every row after it; a distributed run would never merge).
+LINE_BREAKS = ["\n", "\r", "\r\n", "\u2028", "\u2029", "\x85", "\x0c", "\x0b", "\x1c", "\x1d", "\x1e"]
+
+
+def breaking_rows(start: int) -> list[dict]:
+    """One row per line break, holding it in its question, its gold answer and its raw output."""
+    rows = []
+    for k, brk in enumerate(LINE_BREAKS):
+        rows.append(
+            row(start + k, True, False, True, 0.0, 0.5, False, raw=f'{{"answer": "x{brk}y"}}')
+            | {"question": f"where{brk}is it?", "answers": [f"gold{brk}answer"]}
+        )
+    return rows
+
+
+def test_every_line_break_in_a_field_is_read_back_where_it_was_written(tmp_path, caplog):
+    path = tmp_path / "results.csv"
+    writer = ResultsWriter(path, COLUMNS)
+    rows = breaking_rows(1)
+    for one in rows:  # one write per example, as run_generation does
+        writer.write([one])
+    written = path.read_bytes()
+    caplog.set_level(logging.INFO)
+    resumed = ResultsWriter(path, COLUMNS)
+    assert resumed.done == {f"q{i}" for i in range(1, 12)} and resumed.rows_written == 11
+    assert path.read_bytes() == written and "dropping" not in caplog.text
+    assert read_complete_rows(path, COLUMNS) == (
+        [
+            [
+                json.dumps(r[c], ensure_ascii=False) if c == "answers" else str({"constrain": "none", **r}[c])
+                for c in COLUMNS
+            ]
+            for r in rows
+        ],
+        False,
+    )
+    df = read_results(path)
+    assert df["id"].tolist() == [f"q{i}" for i in range(1, 12)]
+    assert df["question"].tolist() == [f"where{brk}is it?" for brk in LINE_BREAKS]
+    assert df["answers"].tolist() == [[f"gold{brk}answer"] for brk in LINE_BREAKS]
+    assert df["raw_output"].tolist() == [f'{{"answer": "x{brk}y"}}' for brk in LINE_BREAKS]
+    assert df["prompt_tokens"].tolist() == list(range(101, 112))
+
+
+def test_shards_holding_every_line_break_merge(tmp_path):
+    rows = breaking_rows(1)
+    ResultsWriter(shard_path(tmp_path, 0), COLUMNS).write(rows[:6])
+    ResultsWriter(shard_path(tmp_path, 1), COLUMNS).write(rows[6:])
+    ids = [f"q{i}" for i in range(1, 12)]
+    assert answered_ids(tmp_path, COLUMNS, ids) == set(ids)
+    merged = merge_shards(tmp_path, COLUMNS, ids)
+    df = read_results(merged)
+    assert df["id"].tolist() == ids and not (tmp_path / SHARDS).exists()
+    assert df["question"].tolist() == [f"where{brk}is it?" for brk in LINE_BREAKS]
+    assert df["raw_output"].tolist() == [f'{{"answer": "x{brk}y"}}' for brk in LINE_BREAKS]
+    assert ResultsWriter(merged, COLUMNS).done == set(ids)
+
+
+def test_a_bare_carriage_return_written_by_earlier_code_is_answered_again(tmp_path, caplog):
+    """Earlier code wrote a "\\r" unquoted, which ends its row for every reader: resuming drops that row and the
+    ones after it (they are answered again, quoted), instead of stopping on a csv error at every re-run."""
+    path = tmp_path / "results.csv"
+    first = write(path, ROWS[:1])
+    legacy = [("q2" if c in ("example_id", "id") else "x\ry" if c == "raw_output" else "[]") for c in COLUMNS]
+    with open(path, "a", newline="") as f:
+        f.write(",".join(legacy) + "\n")
+    first.write(ROWS[2:3])
+    writer = ResultsWriter(path, COLUMNS)
+    assert writer.done == {"q1"} and writer.rows_written == 1
+    assert "dropping the incomplete end" in caplog.text
+    writer.write([ROWS[1] | {"raw_output": "x\ry"}, ROWS[2]])
+    df = read_results(path)
+    assert df["id"].tolist() == ["q1", "q2", "q3"] and df["raw_output"][1] == "x\ry"
