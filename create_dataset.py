@@ -24,7 +24,7 @@ import logging
 import sys
 from pathlib import Path
 
-from llama_squad.cli import parse_dataclasses, read_recipe, setup_logging
+from llama_squad.cli import exit_code_of, parse_dataclasses, read_recipe, setup_logging
 from llama_squad.files import InputError, atomic_path
 from llama_squad.tasks import TASK_MODULES, get_task
 
@@ -83,9 +83,8 @@ def main(argv: list[str] | None = None) -> int:
             del dataset[split_name]
         with atomic_path(args.output_dir, is_dir=True, overwrite=args.overwrite) as tmp:  # 3. save, all or nothing
             dataset.save_to_disk(str(tmp))
-    except (InputError, ValueError, OSError) as e:  # OSError: FileExistsError, a full disk, no permission
-        logger.error("%s", e)
-        return 1
+    except Exception as e:  # bad input or options, a full disk, no permission: one line; a bug: its traceback
+        return exit_code_of(e, logger.error, where=args.output_dir, also=(ValueError,))
     counts = ", ".join(f"{split_name} {len(split)}" for split_name, split in dataset.items())
     logger.info("wrote %s (%s)", args.output_dir, counts)
     return 0

@@ -12,8 +12,7 @@ import argparse
 import logging
 import sys
 
-from llama_squad.cli import setup_logging
-from llama_squad.files import InputError
+from llama_squad.cli import exit_code_of, setup_logging
 from llama_squad.summary import format_table, plot_summary, summarize_files, write_table
 
 logger = logging.getLogger("summarize_results")
@@ -29,16 +28,16 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging()
     try:
         table = summarize_files(args.results)
-    except InputError as e:
-        logger.error("%s", e)
-        return 1
+    except Exception as e:  # a results file that cannot be read: one line naming it; a bug: its traceback
+        return exit_code_of(e, logger.error)
     print(format_table(table, args.format))
-    if args.output:
-        write_table(table, args.output)
-        logger.info("wrote %s", args.output)
-    if args.plot:
-        plot_summary(table, args.plot)
-        logger.info("wrote %s", args.plot)
+    for path, write in ((args.output, write_table), (args.plot, plot_summary)):
+        if path:
+            try:
+                write(table, path)
+            except Exception as e:  # a full disk, a read-only folder: one line naming the file
+                return exit_code_of(e, logger.error, where=path)
+            logger.info("wrote %s", path)
     return 0
 
 

@@ -20,7 +20,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from llama_squad.cli import parse_dataclasses, setup_logging
+from llama_squad.cli import exit_code_of, parse_dataclasses, setup_logging
 from llama_squad.config import ModelLoadingArguments
 from llama_squad.generation import GenerationOptions
 
@@ -73,13 +73,10 @@ class TestArguments:
 def main(argv: list[str] | None = None) -> int:
     args, model_args, options = parse_dataclasses([TestArguments, ModelLoadingArguments, GenerationOptions], argv)
     setup_logging()
-    from llama_squad.files import InputError
-
     try:
         evaluate(args, model_args, options)
-    except InputError as e:  # the user's input: the message names it and the fix
-        logger.error("%s", e)
-        return 1
+    except Exception as e:  # the user's input or disk: one line naming it and the fix; a bug: its traceback
+        return exit_code_of(e, logger.error, where=args.output_dir)
     return 0
 
 

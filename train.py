@@ -35,7 +35,7 @@ import logging
 import sys
 from pathlib import Path
 
-from llama_squad.cli import parse_dataclasses, setup_logging
+from llama_squad.cli import exit_code_of, parse_dataclasses, setup_logging
 from llama_squad.config import ModelArguments, ScriptArguments, TrainConfig
 
 logger = logging.getLogger("train")
@@ -45,13 +45,11 @@ def main(argv: list[str] | None = None) -> int:
     model_args, script_args, config = parse_dataclasses([ModelArguments, ScriptArguments, TrainConfig], argv)
     setup_logging()
     from llama_squad.export import HubAccessError
-    from llama_squad.files import InputError
 
     try:
         train(model_args, script_args, config)
-    except (InputError, HubAccessError) as e:  # the user's input or setup: the message names it and the fix
-        logger.error("%s", e)
-        return 1
+    except Exception as e:  # the user's input, setup or disk: one line naming it and the fix; a bug: its traceback
+        return exit_code_of(e, logger.error, where=config.output_dir, also=(HubAccessError,))
     return 0
 
 

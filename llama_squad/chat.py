@@ -330,8 +330,7 @@ def build_app(chat: Chat):
 
 def main(argv: list[str] | None = None) -> int:
     """Load the model, then ask in the terminal or serve the page. 0 on success, 1 on bad input."""
-    from llama_squad.cli import parse_dataclasses, setup_logging
-    from llama_squad.files import InputError
+    from llama_squad.cli import exit_code_of, parse_dataclasses, setup_logging
 
     args, model_args, options = parse_dataclasses([ChatArguments, ModelLoadingArguments, GenerationOptions], argv)
     setup_logging()
@@ -343,11 +342,10 @@ def main(argv: list[str] | None = None) -> int:
             app.launch(server_name=args.server_name, server_port=args.server_port)
         else:
             run_terminal(chat, args.task)
-    except InputError as e:
-        logger.error("%s", e)
-        return 1
     except KeyboardInterrupt:
         pass
+    except Exception as e:  # bad input, a file that cannot be read: one line naming it; a bug: its traceback
+        return exit_code_of(e, logger.error)
     return 0
 
 

@@ -101,6 +101,25 @@ def _weights_problem(folder: Path) -> str | None:
     return "no model weights (adapter_model.safetensors, model.safetensors, ...)"
 
 
+def _state_problem(state: dict) -> str | None:
+    """What in a parsed ``trainer_state.json`` the Trainer would fail on when resuming, or None: it builds a
+    ``TrainerState`` from its keys and reads the step, the epoch and the log history."""
+    from transformers import TrainerState
+
+    step, history = state["global_step"], state.get("log_history", [])
+    if not isinstance(step, int) or isinstance(step, bool) or step < 0:
+        return f"global_step {step!r}"
+    if not isinstance(history, list) or not all(isinstance(entry, dict) for entry in history):
+        return "log_history is not a list of entries"
+    if not isinstance(state.get("epoch") or 0, int | float):
+        return f"epoch {state['epoch']!r}"
+    try:
+        TrainerState(**state)
+    except TypeError as e:  # a key no TrainerState has
+        return str(e).split("__init__() ", 1)[-1]
+    return None
+
+
 def checkpoint_problem(folder: str | os.PathLike, save_only_model: bool = False) -> str | None:
     """Why ``folder`` cannot be resumed from (a short sentence), or None when it is complete."""
     folder = Path(folder)
@@ -114,6 +133,9 @@ def checkpoint_problem(folder: str | os.PathLike, save_only_model: bool = False)
         step = state["global_step"]
     except (ValueError, KeyError, TypeError, UnicodeDecodeError):
         return f"{TRAINER_STATE} is cut short or corrupt"
+    problem = _state_problem(state)
+    if problem:
+        return f"{TRAINER_STATE} is corrupt ({problem})"
     match = CHECKPOINT_RE.match(folder.name)
     if match and int(match.group(1)) != step:
         return f"{TRAINER_STATE} says step {step}, not {match.group(1)}"

@@ -6,6 +6,7 @@ import logging
 import os
 import shutil
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 
@@ -115,17 +116,17 @@ def read_recipe(path: str) -> dict:
 
 # What to do about the OS errors a user can fix, by errno: every entry point says it in one line, naming the path.
 OS_ERROR_FIXES = {
-    errno.ENOSPC: "the disk is full{free}: free some space on it, or write to another disk",
-    errno.EDQUOT: "the disk quota is used up: free some space, or write to another disk",
-    errno.EROFS: "a read-only file system: write to a folder on a writable disk",
-    errno.EACCES: "permission denied: make it writable (or readable, for an input), or choose another path",
-    errno.EPERM: "not permitted: make it writable (or readable, for an input), or choose another path",
-    errno.ENOTDIR: "a part of this path is a file, not a folder: choose another path",
+    errno.ENOSPC: "free some space on that disk{free}, or write to another disk",
+    errno.EDQUOT: "free some space, or write to another disk",
+    errno.EROFS: "write to a folder on a writable disk",
+    errno.EACCES: "make it writable (or readable, for an input), or choose another path",
+    errno.EPERM: "make it writable (or readable, for an input), or choose another path",
+    errno.ENOTDIR: "a part of this path is a file: choose another path",
     errno.EISDIR: "a folder where a file is wanted: choose another path",
-    errno.EEXIST: "already exists: remove it, or choose another path",
-    errno.ENOENT: "no such file or folder: check the path",
-    errno.ENAMETOOLONG: "the name is too long for the file system: choose a shorter path",
-    errno.EMFILE: "too many open files: raise the limit (ulimit -n) and run again",
+    errno.EEXIST: "remove it, or choose another path",
+    errno.ENOENT: "check the path",
+    errno.ENAMETOOLONG: "choose a shorter path",
+    errno.EMFILE: "raise the limit (ulimit -n) and run again",
 }
 # Libraries that write from C++ or Rust (torch.save, safetensors) raise other errors for the same causes: the
 # words of their messages that tell which.
@@ -147,7 +148,7 @@ def os_error_of(error: BaseException, where: str | os.PathLike | None = None) ->
     was full). None for other errors."""
     seen = error
     while seen is not None:
-        if isinstance(seen, OSError) and (seen.errno is not None or seen.filename is not None):
+        if isinstance(seen, OSError):
             return seen
         seen = seen.__cause__ or seen.__context__
     text = str(error)
@@ -171,15 +172,28 @@ def free_bytes(path: str | os.PathLike) -> int:
 
 
 def describe_os_error(error: OSError, where: str | os.PathLike | None = None) -> str:
-    """One line for an OS error: the path (the error's, else ``where``), what happened and what to do."""
+    """One line for an OS error: the path (the error's, else ``where``), what happened and what to do. An error that
+    carries only a message (ours: ``FileExistsError("... pass --overwrite ...")``) is that message."""
+    if error.errno is None and error.filename is None:
+        return str(error)
     path = error.filename or where
     fix = OS_ERROR_FIXES.get(error.errno)
+    if error.errno in (errno.EEXIST, errno.ENOTDIR) and path and _file_in_the_way(path):
+        fix = f"{_file_in_the_way(path)} is a file, not a folder: choose another path"
     if fix is not None and "{free}" in fix:
         free = free_bytes(path) if path else None
         fix = fix.format(free=f" ({free / 1e6:.1f} MB free)" if free is not None and free < 1 << 40 else "")
     reason = error.strerror or str(error)
-    text = f"{reason}: {fix}" if fix else reason
+    text = f"{reason}; {fix}" if fix else reason
     return f"{path}: {text}" if path else text
+
+
+def _file_in_the_way(path: str | os.PathLike) -> Path | None:
+    """The file that stands where ``path`` (a folder to make) or one of its parents should be, if any."""
+    for part in (Path(path), *Path(path).parents):
+        if part.is_file():
+            return part
+    return None
 
 
 def user_error(error: BaseException, where: str | os.PathLike | None = None) -> str | None:
@@ -193,3 +207,19 @@ def user_error(error: BaseException, where: str | os.PathLike | None = None) -> 
         return str(error)
     os_error = os_error_of(error, where)
     return describe_os_error(os_error, where) if os_error is not None else None
+
+
+def exit_code_of(
+    error: BaseException,
+    report: Callable[[str], None],
+    where: str | os.PathLike | None = None,
+    also: tuple[type[BaseException], ...] = (),
+) -> int:
+    """What an entry point does with an error that stopped it: the one-line message of an error the user can fix
+    (:func:`user_error`, or one of the types ``also`` names) goes to ``report`` and the exit code is 1; a fault of the
+    program is raised again, with its traceback."""
+    message = str(error) if isinstance(error, also) else user_error(error, where)
+    if message is None:
+        raise error
+    report(message)
+    return 1

@@ -371,6 +371,29 @@ def push_folder(folder: str | os.PathLike, repo_id: str) -> str:
     return str(commit)
 
 
+def read_run_config(path: Path) -> dict:
+    """train.py's resolved options (``run_config.yaml``), checked to hold what a card needs."""
+    from llama_squad.files import InputError
+
+    fix = "it is written by train.py: restore it, or train again into this folder"
+    try:
+        resolved = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        mark = getattr(e, "problem_mark", None)
+        at = f" at line {mark.line + 1}" if mark else ""
+        raise InputError(f"{path}: not valid YAML{at}; {fix}") from None
+    sections = resolved if isinstance(resolved, dict) else {}
+    model, script = sections.get("model"), sections.get("script")
+    if not (
+        isinstance(model, dict)
+        and isinstance(model.get("model_name_or_path"), str)
+        and isinstance(script, dict)
+        and isinstance(script.get("dataset_path"), str)
+    ):
+        raise InputError(f"{path}: not written by train.py (no model.model_name_or_path, script.dataset_path); {fix}")
+    return resolved
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The command line of ``python -m llama_squad.export``."""
     parser = argparse.ArgumentParser(
@@ -388,7 +411,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Rewrite the cards of a trained folder, then push what was asked; 0 on success, 1 on bad input."""
-    from llama_squad.cli import setup_logging
+    from llama_squad.cli import exit_code_of, setup_logging
     from llama_squad.files import InputError
 
     args = build_parser().parse_args(argv)
@@ -403,9 +426,7 @@ def main(argv: list[str] | None = None) -> int:
             raise InputError(f"--hub_repo_id: {merged} holds no merged model (train with --merge)")
         if not (output_dir / "run_config.yaml").is_file():
             raise InputError(f"{output_dir}: no run_config.yaml: not a train.py output folder")
-        resolved = yaml.safe_load((output_dir / "run_config.yaml").read_text(encoding="utf-8"))
-        if not isinstance(resolved, dict) or not {"model", "script"} <= set(resolved):
-            raise InputError(f"{output_dir / 'run_config.yaml'}: not written by train.py (no model/script sections)")
+        resolved = read_run_config(output_dir / "run_config.yaml")
         card = dict(
             base_model=resolved["model"]["model_name_or_path"],
             dataset_path=resolved["script"]["dataset_path"],
@@ -422,9 +443,8 @@ def main(argv: list[str] | None = None) -> int:
             push_adapter(output_dir, args.push_adapter, card["base_model"])
         if args.hub_repo_id:
             push_folder(merged, args.hub_repo_id)
-    except (InputError, HubAccessError) as e:
-        sys.stderr.write(f"export: error: {e}\n")
-        return 1
+    except Exception as e:  # bad input, no Hub, a full disk: one line naming it and the fix; a bug: its traceback
+        return exit_code_of(e, lambda m: sys.stderr.write(f"export: error: {m}\n"), output_dir, (HubAccessError,))
     return 0
 
 

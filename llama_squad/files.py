@@ -128,12 +128,16 @@ def atomic_path(path: str | os.PathLike, *, is_dir: bool = False, overwrite: boo
     except (OSError, IndexError, ValueError):
         umask = os.umask(0o077)
         os.umask(umask)
-    if is_dir:
-        tmp = Path(tempfile.mkdtemp(prefix=_debris_prefix(path, "tmp"), dir=path.parent))
-    else:
-        fd, name = tempfile.mkstemp(prefix=_debris_prefix(path, "tmp"), dir=path.parent)
-        os.close(fd)
-        tmp = Path(name)
+    try:
+        if is_dir:
+            tmp = Path(tempfile.mkdtemp(prefix=_debris_prefix(path, "tmp"), dir=path.parent))
+        else:
+            fd, name = tempfile.mkstemp(prefix=_debris_prefix(path, "tmp"), dir=path.parent)
+            os.close(fd)
+            tmp = Path(name)
+    except OSError as e:  # a read-only or full disk: name what was to be written, not the temporary
+        e.filename = str(path)
+        raise
     try:
         tmp.chmod((0o777 if is_dir else 0o666) & ~umask)  # mkdtemp and mkstemp make them 0o700 and 0o600
         yield tmp
@@ -144,11 +148,13 @@ def atomic_path(path: str | os.PathLike, *, is_dir: bool = False, overwrite: boo
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         if tmp.is_dir():
             shutil.rmtree(tmp, ignore_errors=True)
         else:
             tmp.unlink(missing_ok=True)
+        if isinstance(e, OSError) and e.filename is None:  # a full disk says where (what was being written)
+            e.filename = str(path)
         raise
 
 

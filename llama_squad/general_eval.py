@@ -240,16 +240,14 @@ def run(args: GeneralEvalArguments) -> list[dict]:
 
 def main(argv: list[str] | None = None) -> int:
     """Compare base and tuned model; 0 on success, 1 on bad input."""
-    from llama_squad.cli import parse_dataclasses, setup_logging
-    from llama_squad.files import InputError
+    from llama_squad.cli import exit_code_of, parse_dataclasses, setup_logging
 
     (args,) = parse_dataclasses([GeneralEvalArguments], argv)
     setup_logging()
     try:
         run(args)
-    except InputError as e:
-        logger.error("%s", e)
-        return 1
+    except Exception as e:  # bad input, no network, a full disk: one line naming it and the fix; a bug: traceback
+        return exit_code_of(e, logger.error, where=args.output_dir)
     sys.stdout.write((Path(args.output_dir) / "general_eval.md").read_text(encoding="utf-8"))
     return 0
 

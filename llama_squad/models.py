@@ -77,6 +77,15 @@ def check_model_source(model_name_or_path: str, option: str = "--model_name_or_p
                 else ""
             )
             raise ModelError(f"{option} {model_name_or_path}: a folder without config.json, not a model{hint}")
+        from llama_squad.checkpoints import file_problem
+
+        for weights in sorted(path.glob("*.safetensors")):
+            problem = file_problem(weights)
+            if problem:
+                raise ModelError(
+                    f"{option} {model_name_or_path}: {problem}: the model's weights are incomplete (a download or "
+                    "copy cut short); download or copy the model again"
+                )
         return
     if path.exists():
         raise ModelError(f"{option} {model_name_or_path}: a file, not a model folder or a Hub id")

@@ -177,12 +177,16 @@ class ResultsWriter:
 
     def _write(self, text: str, mode: str = "a") -> None:
         # one os.write per batch: a killed process leaves a batch whole or absent, never half a row
+        # (a full disk may cut a batch: the next run drops the cut row, as after a crash)
         data = text.encode("utf-8")
         fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | (os.O_APPEND if mode == "a" else os.O_TRUNC), 0o644)
         try:
             while data:
                 data = data[os.write(fd, data) :]
             os.fsync(fd)
+        except OSError as e:
+            e.filename = e.filename or str(self.path)
+            raise
         finally:
             os.close(fd)
 
@@ -215,8 +219,12 @@ def read_run_record(folder: str | os.PathLike) -> dict | None:
     if not path.exists():
         return None
     record = read_json(path)
+    fix = "delete it with results.csv (or pass --overwrite) to start again"
     if not isinstance(record, dict) or not isinstance(record.get("settings"), dict):
-        raise InputError(f"{path}: not a run record written by test.py (no 'settings'); delete it with results.csv")
+        raise InputError(f"{path}: not a run record written by test.py (no 'settings'); {fix}")
+    examples = record.get("examples")
+    if examples is not None and (not isinstance(examples, int) or isinstance(examples, bool) or examples < 0):
+        raise InputError(f"{path}: 'examples' is {examples!r}, not a count of questions; {fix}")
     return record
 
 

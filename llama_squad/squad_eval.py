@@ -21,7 +21,7 @@ from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
-from llama_squad.cli import setup_logging
+from llama_squad.cli import exit_code_of, setup_logging
 from llama_squad.files import InputError, atomic_write_json, read_json
 
 logger = logging.getLogger(__name__)
@@ -403,14 +403,10 @@ def main(argv: list[str] | None = None) -> int:
             raise InputError(f"{args.na_prob_file}: {e}") from None
         sys.stdout.write(json.dumps(result, indent=2) + "\n")
         if args.out_file:
-            try:
-                atomic_write_json(args.out_file, result)
-            except OSError as e:
-                raise InputError(f"{args.out_file}: cannot write the scores ({e.strerror or e})") from None
+            atomic_write_json(args.out_file, result)
             logger.info("wrote %s", args.out_file)
-    except InputError as e:
-        sys.stderr.write(f"squad_eval: error: {e}\n")
-        return 1
+    except Exception as e:  # bad input, a full disk: one line naming the file and the fix; a bug: its traceback
+        return exit_code_of(e, lambda m: sys.stderr.write(f"squad_eval: error: {m}\n"), args.out_file)
     return 0
 
 

@@ -158,13 +158,19 @@ def check_resume_config(resolved: dict, output_dir: str, checkpoint: str) -> Non
     path = Path(output_dir) / RUN_CONFIG
     if not path.exists():
         return
+    fix = (
+        f"it records the options {checkpoint} was trained with, which a resumed run must keep: restore it, pass "
+        "--resume_from_checkpoint no to start afresh in this folder, or choose another --output_dir"
+    )
     try:
         old = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (yaml.YAMLError, UnicodeDecodeError):
-        logger.warning("%s is unreadable: cannot compare this run's options with the previous run's", path)
-        return
-    if not isinstance(old, dict):
-        return
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        mark = getattr(e, "problem_mark", None)
+        at = f" at line {mark.line + 1}" if mark else ""
+        raise InputError(f"{path}: not valid YAML{at}; {fix}") from None
+    sections = ("model", "script", "training")
+    if not isinstance(old, dict) or not all(isinstance(old.get(s), dict | None) for s in sections):
+        raise InputError(f"{path}: not a run_config.yaml written by train.py (model/script/training mappings); {fix}")
     old, resolved = _comparable(old), _comparable(resolved)
     changed = []
     # a model option the checkpoint's run did not record did not exist then: that run had its default behaviour

@@ -84,6 +84,9 @@ TEARS = {
     "adapter weights missing": lambda c: (c / "adapter_model.safetensors").unlink(),
     "optimizer cut short": lambda c: truncate(c / "optimizer.pt", 0.9),
     "scheduler missing": lambda c: (c / "scheduler.pt").unlink(),
+    "trainer_state.json of the wrong shape": lambda c: (c / "trainer_state.json").write_text(
+        json.dumps({**json.loads((c / "trainer_state.json").read_text()), "log_history": "garbage"})
+    ),
 }
 REASONS = {
     "no trainer_state.json": "no trainer_state.json",
@@ -92,6 +95,7 @@ REASONS = {
     "adapter weights missing": "no model weights",
     "optimizer cut short": "optimizer.pt is cut short",
     "scheduler missing": "no scheduler state",
+    "trainer_state.json of the wrong shape": "trainer_state.json is corrupt (log_history is not a list of entries)",
 }
 
 
@@ -668,3 +672,114 @@ def test_prompts_beyond_the_models_context_are_counted_in_one_warning(
     warnings = [r.getMessage() for r in caplog.records if "run past the model's context" in r.getMessage()]
     assert len(warnings) == 1
     assert warnings[0].startswith("4 of 4 prompts with their answers (--max_new_tokens 6) run past the model's")
+
+
+# ------------------------------------------------------------------------------------------- the machine's errors
+
+
+@pytest.fixture
+def disks(tmp_path):
+    """Two small file systems of our own: ``full`` (a tmpfs filled to its last byte, holding a copy of what the
+    case needs first) and ``read_only`` (a read-only tmpfs). Mounting needs root (CI runs as root)."""
+    mounted = []
+
+    def mount(name: str, *options: str) -> Path:
+        point = tmp_path / name
+        point.mkdir()
+        result = subprocess.run(["mount", "-t", "tmpfs", "-o", ",".join(options), "tmpfs", str(point)],
+                                capture_output=True, text=True)  # fmt: skip
+        if result.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs to fill ({result.stderr.strip()}): the full-disk cases need root")
+        mounted.append(point)
+        return point
+
+    def fill(point: Path) -> None:
+        with open(point / "filler", "wb", buffering=0) as f:
+            try:
+                while True:
+                    f.write(b"\0" * 4096)
+            except OSError:  # full, to the last page
+                pass
+
+    try:
+        yield {"mount": mount, "fill": fill}
+    finally:
+        for point in mounted:
+            subprocess.run(["umount", "-l", str(point)], check=False)
+
+
+def test_every_os_error_gets_one_message_naming_the_path_and_the_fix(
+    tmp_path, capsys, caplog, disks, two_checkpoints, tiny_model_dir, tiny_dataset_dir
+):
+    """The machine's errors of the issue, from every entry point: a full disk, a read-only folder, an output folder
+    that is a file, a torn weights file, hand-edited state files. Each exits 1 with one message naming the path and
+    what to do, never a traceback."""
+    from conftest import write_squad
+
+    import create_dataset
+    from llama_squad import export, squad_eval
+
+    full = disks["mount"]("full", "size=1m")
+    trained = full / "trained"
+    trained.mkdir()
+    for name in ("run_config.yaml", "adapter_config.json", "adapter_model.safetensors"):
+        shutil.copy(two_checkpoints / name, trained)
+    disks["fill"](full)
+    read_only = disks["mount"]("read_only", "ro", "size=64k")
+    a_file = tmp_path / "a_file"
+    a_file.write_text("not a folder")
+    torn = Path(shutil.copytree(tiny_model_dir, tmp_path / "torn_model"))
+    truncate(torn / "model.safetensors")
+    garbled = Path(shutil.copytree(two_checkpoints, tmp_path / "garbled"))
+    (garbled / "run_config.yaml").write_text("model: {model_name_or_path: x\n")
+    bad_record = tmp_path / "bad_record"
+    write_run(bad_record, [squad_row("q1", 1.0)])
+    (bad_record / "run.json").write_text(json.dumps({"settings": {}, "examples": "many"}))
+    squad = write_squad(tmp_path / "squad.json")
+    results = write_run(tmp_path / "results", [squad_row("q1", 1.0)], examples=1)
+    data_file, predictions = tmp_path / "data.json", tmp_path / "predictions.json"
+    data_file.write_text(json.dumps({"data": [{"title": "t", "paragraphs": [{"context": "a b", "qas": [
+        {"id": "q1", "question": "q?", "answers": [{"text": "a", "answer_start": 0}]}]}]}]}))  # fmt: skip
+    predictions.write_text(json.dumps({"q1": "a"}))
+
+    model, data = tiny_model_dir, tiny_dataset_dir
+    disk_full = "No space left on device; free some space on that disk (0.0 MB free), or write to another disk"
+    read_only_fs = "Read-only file system; write to a folder on a writable disk"
+    new_dataset = ["--task", "squad_v2", "--train_file", squad, "--test_articles", "4:6"]
+    cases = [
+        # (script, argv, what the message says)
+        (create_dataset, [*new_dataset, "--output_dir", full / "ds"], f"{full / 'ds'}: {disk_full}"),
+        (train, train_argv(model, data, full / "out"), f"{full / 'out' / 'run_config.yaml'}: {disk_full}"),
+        (test_script, eval_argv(model, data, full / "eval"), f"{full / 'eval' / 'run.json'}: {disk_full}"),
+        (summarize_results, [results, "--output", full / "table.csv"], f"{full / 'table.csv'}: {disk_full}"),
+        (summarize_results, [results, "--plot", full / "summary.png"], f"{full / 'summary.png'}: {disk_full}"),
+        (export, [trained], f"{trained / 'README.md'}: {disk_full}"),
+        (
+            squad_eval,
+            [data_file, predictions, "--out_file", full / "scores.json"],
+            f"{full / 'scores.json'}: {disk_full}",
+        ),  # fmt: skip
+        (create_dataset, [*new_dataset, "--output_dir", read_only / "ds"], f"{read_only / 'ds'}: {read_only_fs}"),
+        (train, train_argv(model, data, read_only / "out"), f"{read_only / 'out'}: {read_only_fs}"),
+        (test_script, eval_argv(model, data, read_only / "eval"), f"{read_only / 'eval'}: {read_only_fs}"),
+        (train, train_argv(model, data, a_file), f"{a_file} is a file, not a folder: choose another path"),
+        (test_script, eval_argv(model, data, a_file / "eval"), f"{a_file} is a file, not a folder"),
+        (test_script, eval_argv(torn, data, tmp_path / "eval_torn"), "model.safetensors is cut short"),
+        (train, train_argv(torn, data, tmp_path / "out_torn"), "model.safetensors is cut short"),
+        (train, train_argv(model, data, garbled), f"{garbled / 'run_config.yaml'}: not valid YAML at line 2"),
+        (export, [garbled], f"{garbled / 'run_config.yaml'}: not valid YAML at line 2"),
+        (test_script, eval_argv(model, data, bad_record), "'examples' is 'many', not a count of questions"),
+    ]
+    failures = []
+    for script, argv, expected in cases:
+        caplog.clear()
+        capsys.readouterr()
+        try:
+            code = script.main([str(a) for a in argv])
+        except SystemExit as e:
+            code = e.code
+        message = caplog.text + capsys.readouterr().err
+        if code != 1 or expected not in message or "Traceback" in message:
+            failures.append(f"{script.__name__} {argv[-2:]}: exit {code}, {message[-400:]!r}")
+    assert not failures, "\n".join(failures)
+    assert sorted(p.name for p in full.iterdir()) == ["filler", "trained"]  # nothing left behind
