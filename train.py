@@ -155,7 +155,9 @@ def train(model_args: ModelArguments, script_args: ScriptArguments, config: Trai
             trust_remote_code=config.trust_remote_code,
         )  # fmt: skip
         log_history = trainer.state.log_history if finished is None else training.saved_log_history(config.output_dir)
-        outputs.write_outputs(run, tokenizer, log_history, only_missing=finished is not None)
+        for path in outputs.write_outputs(run, tokenizer, log_history, only_missing=finished is not None):
+            if path.name in (outputs.LOSS_PLOT, outputs.MERGED_DIR):
+                logger.info("wrote %s%s", path, " (merged model)" if path.name == outputs.MERGED_DIR else "")
     logger.info(
         "wrote %s (adapter, tokenizer, %srun_config.yaml, loss.png)",
         config.output_dir,

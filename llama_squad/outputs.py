@@ -157,7 +157,6 @@ def write_outputs(run: RunOutputs, tokenizer, log_history: list[dict], only_miss
             revision=model_args.model_revision, trust_remote_code=run.trust_remote_code,
         )  # fmt: skip
         written.append(merged)
-        logger.info("wrote %s (merged model)", merged)
     if (merged / "config.json").is_file() and wanted(merged / CARD):
         written.append(export.write_model_card(merged, export.MERGED, repo_id=script_args.hub_repo_id, **card))
     if script_args.hub_repo_id:
