@@ -26,7 +26,7 @@ from pathlib import Path
 
 from llama_squad.cli import exit_code_of, parse_dataclasses, read_recipe, setup_logging
 from llama_squad.files import InputError, atomic_path
-from llama_squad.tasks import TASK_MODULES, get_task
+from llama_squad.tasks import get_task, task_names
 
 logger = logging.getLogger("create_dataset")
 
@@ -34,14 +34,14 @@ logger = logging.getLogger("create_dataset")
 def task_name(argv: list[str]) -> str | None:
     """The task of a command line: ``--task``, else the ``task`` key of the ``--config`` recipe, else None."""
     pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
-    pre.add_argument("--task", choices=list(TASK_MODULES), default=None)
+    pre.add_argument("--task", choices=task_names(), default=None)
     pre.add_argument("--config", default=None)
     known, _ = pre.parse_known_args(argv)
     recipe = read_recipe(known.config) if known.config is not None else {}  # read even with --task: errors show here
     if known.task is not None or "task" not in recipe:
         return known.task
-    if recipe["task"] not in TASK_MODULES:
-        raise InputError(f"--config {known.config}: task {recipe['task']!r}: choose one of {', '.join(TASK_MODULES)}")
+    if recipe["task"] not in task_names():
+        raise InputError(f"--config {known.config}: task {recipe['task']!r}: choose one of {', '.join(task_names())}")
     return recipe["task"]
 
 

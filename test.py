@@ -166,7 +166,7 @@ def evaluate(args: TestArguments, model_args: ModelLoadingArguments, options: Ge
             results.merge_shards(output_dir, columns, example_ids)
         rows = results.read_results(output_csv)
         metrics = results.summarize(rows)
-        generation.save_metrics({"task": task.NAME, **metrics}, output_dir / "metrics.json")  # export checks it
+        generation.save_metrics({"task": task.name, **metrics}, output_dir / "metrics.json")  # export checks it
     row = {"task": rows["task"].iloc[0], "constrain": constraint_label(rows), **metrics}
     print(format_table(metrics_table({run_name(output_csv): row})))
     logger.info("wrote %s and %s", output_csv, output_dir / "metrics.json")

@@ -16,19 +16,14 @@ import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
-from llama_squad.answers import NO_ANSWER, parse_json_answer
+from llama_squad.answers import parse_json_answer
 from llama_squad.config import ModelLoadingArguments
 from llama_squad.generation import ANSWER_PREFIX, GenerationOptions, Generator, load_generator, start_conversation
-from llama_squad.tasks import multiwoz, squad_v2
+from llama_squad.tasks import get_task, task_names
 from llama_squad.tasks.common import DEFAULT_SYSTEM_PROMPT
 
 logger = logging.getLogger(__name__)
 
-TASKS = (squad_v2.NAME, multiwoz.NAME)
-NO_ANSWER_TEXT = {
-    squad_v2.NAME: "No answer: the context does not say.",
-    multiwoz.NAME: "Not set: the dialogue has not given this slot a value.",
-}
 UNREADABLE_TEXT = "(no answer could be read from the model's output)"
 
 
@@ -41,13 +36,13 @@ class ChatArguments:
         default=None, metadata={"help": "A LoRA adapter folder (train.py's output_dir) to apply to the model."}
     )
     task: str = field(
-        default=squad_v2.NAME,
+        default=task_names()[0],
         metadata={"help": "In the terminal: squad_v2 (a context, then questions) or multiwoz (a dialogue, then "
-                  "slots). The page has both.", "choices": TASKS},
+                  "slots). The page has every task.", "choices": task_names()},
     )  # fmt: skip
     prompt: str = field(
         default="single_turn",
-        metadata={"help": "SQuAD prompt style of the training data.", "choices": squad_v2.PROMPT_STYLES},
+        metadata={"help": "SQuAD prompt style of the training data: single_turn or multi_turn."},
     )
     system_prompt: str = field(
         default=DEFAULT_SYSTEM_PROMPT,
@@ -76,7 +71,7 @@ class ChatArguments:
 class Answer:
     """A model's answer to one question: what it wrote, and the answer read from it."""
 
-    task: str
+    no_answer: str  # what an abstention means, in words (the task's ChatForm.no_answer)
     raw: str
     answer: str | None  # None: nothing could be read
     valid_json: bool
@@ -86,58 +81,28 @@ class Answer:
     def shown(self) -> str:
         """The answer for a person: the value, "no answer" in words, or a note that the output was unreadable."""
         if self.abstained:
-            return NO_ANSWER_TEXT[self.task]
+            return self.no_answer
         if self.answer is None:
             return UNREADABLE_TEXT
         return self.answer
 
 
-def dialogue_history(text: str) -> str:
-    """A typed dialogue as the dataset renders it (``history_lines``): one ``User: ...``/``System: ...`` line per
-    utterance. Lines without a speaker alternate, starting with the user."""
-    lines = []
-    for line in text.splitlines():
-        line = line.strip()
-        if not line:
-            continue
-        speaker, colon, rest = line.partition(":")
-        if colon and speaker.strip().upper() in multiwoz.SPEAKERS:
-            lines.append((multiwoz.SPEAKERS[speaker.strip().upper()], rest.strip()))
-        else:
-            lines.append(("User" if len(lines) % 2 == 0 else "System", line))
-    return "".join(f"{speaker}: {utterance}\n" for speaker, utterance in lines)
-
-
 class Chat:
     """Builds the task's prompt for a question and answers it with a :class:`Generator`, streaming the tokens."""
 
-    def __init__(
-        self,
-        generator: Generator,
-        *,
-        prompt_style: str = "single_turn",
-        system_prompt: str = DEFAULT_SYSTEM_PROMPT,
-        list_categorical_values: bool = False,
-    ):
+    def __init__(self, generator: Generator | None, options: "ChatArguments | None" = None):
         self.generator = generator
-        self.prompt_style = prompt_style
-        self.system_prompt = system_prompt
-        self.slots = {
-            q.name: q for q in multiwoz.make_questions(multiwoz.default_slots(), "slot", list_categorical_values)
-        }
+        self.options = options if options is not None else ChatArguments()  # how the training data was prompted
         self._lock = threading.Lock()  # one question at a time: the generator's streamer is shared
 
-    def squad_messages(self, context: str, question: str) -> tuple[list[dict], list[dict]]:
-        """(prompt, completion) of a SQuAD question, by ``squad_v2.build_messages`` (the completion's assistant turns
-        are what the model writes; its user turns are the follow-up instructions of a multi-turn prompt)."""
-        record = squad_v2.Record(id="chat", title="", context=context, question=question, answers=(), article=0)
-        return squad_v2.build_messages(record, self.prompt_style, self.system_prompt)
+    def form(self, task: str):
+        """How the chat asks the questions of ``task`` (its :class:`llama_squad.tasks.base.ChatForm`)."""
+        return get_task(task).chat_form(self.options)
 
-    def slot_messages(self, dialogue: str, slot: str) -> tuple[list[dict], list[dict]]:
-        """(prompt, completion) of a MultiWOZ slot question about a typed dialogue, by ``multiwoz.build_messages``."""
-        if slot not in self.slots:
-            raise ValueError(f"unknown slot {slot!r}: choose one of {', '.join(self.slots)}")
-        return multiwoz.build_messages(dialogue_history(dialogue), self.slots[slot], NO_ANSWER, self.system_prompt)
+    def messages(self, task: str, material: str, question: str) -> tuple[list[dict], list[dict]]:
+        """(prompt, completion) of a question about ``material``, built by the task as its dataset builds them (the
+        completion's assistant turns are what the model writes; its user turns are follow-up instructions)."""
+        return get_task(task).chat_messages(material, question, self.options)
 
     def stream(self, task: str, messages: tuple[list[dict], list[dict]]) -> Iterator[str | Answer]:
         """The model's text so far as it is generated (every turn of a multi-turn prompt, one line each), then the
@@ -177,7 +142,7 @@ class Chat:
             raise failure[0]
         raw = conversation.outputs[-1]
         parsed = parse_json_answer(raw)
-        yield Answer(task, raw, parsed.answer, parsed.valid_json, parsed.abstained)
+        yield Answer(self.form(task).no_answer, raw, parsed.answer, parsed.valid_json, parsed.abstained)
 
     def answer(self, task: str, messages: tuple[list[dict], list[dict]], on_text: Callable[[str], None] | None = None):
         """The :class:`Answer` to ``messages``; ``on_text`` gets the text so far as it grows."""
@@ -209,12 +174,7 @@ def load_chat(args: ChatArguments, model_args: ModelLoadingArguments, options: G
     generator = load_generator(
         model_args, options, adapter_path=args.adapter_path, merge_adapter=args.merge_adapter, seed=args.seed
     )
-    return Chat(
-        generator,
-        prompt_style=args.prompt,
-        system_prompt=args.system_prompt,
-        list_categorical_values=args.list_categorical_values,
-    )
+    return Chat(generator, args)
 
 
 # ---------------------------------------------------------------------------------------------------- terminal
@@ -240,27 +200,25 @@ def _read_block(read: Callable[[str], str], label: str) -> str | None:
 def run_terminal(chat: Chat, task: str, read: Callable[[str], str] = input, out=sys.stdout) -> None:
     """Ask for a context (or a dialogue), then questions (or slots) about it, until end of input; print each answer
     as it is generated, then the answer read from it."""
-    material_label = "Context" if task == squad_v2.NAME else "Dialogue (User: ... / System: ... lines)"
-    question_label = "Question" if task == squad_v2.NAME else f"Slot (e.g. {next(iter(chat.slots))})"
+    from llama_squad.files import InputError
+
+    form = chat.form(task)
     while True:
-        material = _read_block(read, material_label)
+        material = _read_block(read, form.material)
         if material is None:
             return
         while True:
             try:
-                question = read(f"{question_label} (empty: a new {material_label.split()[0].lower()}): ").strip()
+                question = read(f"{form.question} (empty: a new {form.material.split()[0].lower()}): ").strip()
             except EOFError:
                 return
             if not question:
                 break
-            if task == multiwoz.NAME and question not in chat.slots:
-                out.write(f"unknown slot {question!r}: one of {', '.join(chat.slots)}\n")
+            try:
+                messages = chat.messages(task, material, question)
+            except InputError as e:  # a slot the task does not know
+                out.write(f"{e}\n")
                 continue
-            messages = (
-                chat.squad_messages(material, question)
-                if task == squad_v2.NAME
-                else chat.slot_messages(material, question)
-            )
             shown = 0
 
             def echo(text: str) -> None:
@@ -277,8 +235,9 @@ def run_terminal(chat: Chat, task: str, read: Callable[[str], str] = input, out=
 
 
 def build_app(chat: Chat):
-    """The Gradio page: a SQuAD tab (context, question → JSON output, answer) and a MultiWOZ tab (dialogue, slot →
-    JSON output, value). API names: ``/answer`` and ``/slot_value``, each returning (model output, answer)."""
+    """The Gradio page: a tab per task (its text, its question → the model's JSON output and the answer read from it),
+    each an API endpoint named by the task (``/answer`` for SQuAD v2, ``/slot_value`` for MultiWOZ) that returns
+    (model output, answer)."""
     try:
         import gradio as gr
     except ImportError:
@@ -286,42 +245,33 @@ def build_app(chat: Chat):
 
         raise InputError('--app needs Gradio: pip install -e ".[chat]" (or pip install gradio)') from None
 
-    def ui_stream(task: str, messages) -> Iterator[tuple[str, str]]:
-        for item in chat.stream(task, messages):
-            if isinstance(item, Answer):
-                yield item.raw, item.shown
-            else:
-                yield item, ""
+    def answerer(task: str):
+        def answer(material: str, question: str) -> Iterator[tuple[str, str]]:
+            if not material.strip() or not question.strip():
+                raise gr.Error(f"Give a {form.material.split()[0].lower()} and a {form.question.split()[0].lower()}.")
+            for item in chat.stream(task, chat.messages(task, material, question)):
+                yield (item.raw, item.shown) if isinstance(item, Answer) else (item, "")
 
-    def answer(context: str, question: str):
-        if not context.strip() or not question.strip():
-            raise gr.Error("Give a context and a question.")
-        yield from ui_stream(squad_v2.NAME, chat.squad_messages(context, question))
-
-    def slot_value(dialogue: str, slot: str):
-        if not dialogue.strip() or slot not in chat.slots:
-            raise gr.Error("Give a dialogue and choose a slot.")
-        yield from ui_stream(multiwoz.NAME, chat.slot_messages(dialogue, slot))
+        form = chat.form(task)
+        return answer
 
     with gr.Blocks(title="llama-squad") as app:
         gr.Markdown(
             '## llama-squad\nThe model answers from the text alone, in JSON: `{"answer": "..."}`, or `"?"` when the '
             "text holds no answer."
         )
-        with gr.Tab("Question answering (SQuAD v2)"):
-            context = gr.Textbox(label="Context", lines=8)
-            question = gr.Textbox(label="Question")
-            ask = gr.Button("Answer", variant="primary")
-            raw = gr.Textbox(label="Model output (JSON)")
-            parsed = gr.Textbox(label="Answer")
-            ask.click(answer, [context, question], [raw, parsed], api_name="answer")
-        with gr.Tab("Dialogue state (MultiWOZ)"):
-            dialogue = gr.Textbox(label="Dialogue", lines=8, placeholder="User: ...\nSystem: ...\nUser: ...")
-            slot = gr.Dropdown(choices=list(chat.slots), value=next(iter(chat.slots)), label="Slot")
-            ask_slot = gr.Button("Value", variant="primary")
-            slot_raw = gr.Textbox(label="Model output (JSON)")
-            value = gr.Textbox(label="Value")
-            ask_slot.click(slot_value, [dialogue, slot], [slot_raw, value], api_name="slot_value")
+        for task in task_names():
+            form = chat.form(task)
+            with gr.Tab(form.tab):
+                material = gr.Textbox(label=form.material.split(" (")[0], lines=8, placeholder=form.placeholder)
+                if form.choices:
+                    question = gr.Dropdown(choices=list(form.choices), value=form.choices[0], label=form.question)
+                else:
+                    question = gr.Textbox(label=form.question)
+                ask = gr.Button(form.button, variant="primary")
+                raw = gr.Textbox(label="Model output (JSON)")
+                parsed = gr.Textbox(label=form.answer_label)
+                ask.click(answerer(task), [material, question], [raw, parsed], api_name=form.api_name)
     return app
 
 

@@ -89,20 +89,6 @@ def merge_adapter(
     return Path(output_dir)
 
 
-# Hub datasets of the tasks (the model card's ``datasets`` field); a task without one is named in the text only.
-HUB_DATASETS = {"squad_v2": "rajpurkar/squad_v2"}
-# Scores of metrics.json listed in the card's model-index (key → Hub metric type, display name), per task.
-CARD_METRICS = {
-    "squad_v2": {
-        "exact": ("exact_match", "Exact match"),
-        "f1": ("f1", "F1"),
-        "valid_json": ("accuracy", "Valid JSON"),
-    },
-    "multiwoz": {"jga": ("accuracy", "Joint goal accuracy"), "slot_f1": ("f1", "Slot F1")},
-}
-TASK_NAMES = {"squad_v2": "SQuAD v2", "multiwoz": "MultiWOZ"}
-# A key only that task's metrics.json holds: the task of a metrics.json written before test.py recorded it.
-METRICS_SIGNATURES = {"multiwoz": "jga", "squad_v2": "exact"}
 # The options of run_config.yaml that make the recipe in a card (the whole resolved config travels as run_config.yaml).
 RECIPE_KEYS = {
     "model": (
@@ -142,10 +128,12 @@ def dataset_task(dataset_path: str | os.PathLike) -> str | None:
 
 def metrics_task(metrics: dict) -> str | None:
     """The task of test.py's metrics: their ``task`` entry, or (a metrics.json written before it had one) the task
-    whose signature key (:data:`METRICS_SIGNATURES`) they hold; None when neither tells."""
+    whose ``signature_metric`` they hold; None when neither tells."""
+    from llama_squad.tasks import all_tasks
+
     if "task" in metrics:
         return metrics["task"]
-    return next((task for task, key in METRICS_SIGNATURES.items() if key in metrics), None)
+    return next((task.name for task in all_tasks() if task.signature_metric in metrics), None)
 
 
 def card_value(value) -> bool:
@@ -191,16 +179,19 @@ def model_card(
     base_id = hub_model_id(base_model)
     output_dir = (config.get("training") or {}).get("output_dir") or "model"
     name = repo_id.split("/")[-1] if repo_id else Path(output_dir).name + ("-merged" if kind == MERGED else "")
-    task_name = TASK_NAMES.get(task or "", "")
+    from llama_squad.tasks import get_task, task_names
+
+    info = get_task(task) if task in task_names() else None
+    task_name = info.title if info else ""
     eval_results = []
-    for key, (metric_type, metric_name) in CARD_METRICS.get(task or "", {}).items():
+    for key, (metric_type, metric_name) in (info.card.metrics if info else {}).items():
         value = (metrics or {}).get(key)
         if isinstance(value, int | float) and card_value(value):
             eval_results.append(
                 EvalResult(
-                    task_type="question-answering" if task == "squad_v2" else "text-generation",
-                    task_name="Extractive QA with abstention" if task == "squad_v2" else "Dialogue state tracking",
-                    dataset_type=HUB_DATASETS.get(task, task),
+                    task_type=info.card.task_type,
+                    task_name=info.card.task_name,
+                    dataset_type=info.card.hub_dataset or task,
                     dataset_name=f"{task_name} (test split of {Path(dataset_path).name})",
                     dataset_split="test",
                     metric_type=metric_type,
@@ -213,7 +204,7 @@ def model_card(
         base_model_relation="adapter" if kind == ADAPTER else "finetune",
         library_name="peft" if kind == ADAPTER else "transformers",
         pipeline_tag="text-generation",
-        datasets=[HUB_DATASETS[task]] if task in HUB_DATASETS else None,
+        datasets=[info.card.hub_dataset] if info and info.card.hub_dataset else None,
         tags=["llama-squad", "trl", "sft", "lora"] + (["peft"] if kind == ADAPTER else []) + ([task] if task else []),
         model_name=name,
         eval_results=eval_results or None,

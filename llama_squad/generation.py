@@ -490,7 +490,7 @@ def results_rows(task, conversation: Conversation, constrain: str = "none") -> l
             "completion_tokens": conversation.completion_tokens,
             "constrain": constrain,
         }
-        row.update({k: example[k] for k in task.EXTRA_RESULT_COLUMNS if k in example})
+        row.update({k: example[k] for k in task.extra_result_columns if k in example})
         row.update(scored)
         rows.append(row)
     return rows
@@ -597,7 +597,7 @@ def load_examples(dataset_path: str, split: str, limit: int | None):
     """The split of a dataset written by create_dataset.py (the first ``limit`` rows), checked to be one (its question
     ids unique)."""
     from llama_squad.files import InputError
-    from llama_squad.tasks import TASK_MODULES
+    from llama_squad.tasks import task_names
     from llama_squad.tasks.common import DATASET_COLUMNS, dataset_folder_problem, load_dataset_folder
 
     problem = dataset_folder_problem(dataset_path)
@@ -621,7 +621,7 @@ def load_examples(dataset_path: str, split: str, limit: int | None):
     if len(examples) == 0:
         raise InputError(f"{dataset_path}: the {split} split is empty: nothing to answer")
     tasks = set(examples.unique("task"))
-    if len(tasks) != 1 or not tasks <= set(TASK_MODULES):
+    if len(tasks) != 1 or not tasks <= set(task_names()):
         raise InputError(f"{dataset_path}: the {split} split must hold one known task, it holds {sorted(tasks)}")
     seen: set[str] = set()
     for qid in examples["id"]:  # results and scores are kept by id: a repeated one breaks resuming and scoring

@@ -15,7 +15,7 @@ from llama_squad.files import InputError, atomic_path, atomic_write_json, read_j
 
 logger = logging.getLogger(__name__)
 
-# Every results row, whatever the task. A task adds its own columns (``EXTRA_RESULT_COLUMNS`` of its module).
+# Every results row, whatever the task. A task adds its own columns (its ``extra_result_columns``).
 RESULT_COLUMNS = (
     "example_id",  # the dataset row that was asked (resume skips finished ones)
     "id",  # this results row (== example_id, unless one generation answers several questions)
@@ -41,9 +41,9 @@ FLOAT_COLUMNS = ("exact", "f1")
 INT_COLUMNS = ("prompt_tokens", "completion_tokens")
 
 
-def result_columns(task_module) -> list[str]:
+def result_columns(task) -> list[str]:
     """The CSV header of a task's results: the common columns, then the task's own."""
-    return list(RESULT_COLUMNS) + [c for c in task_module.EXTRA_RESULT_COLUMNS if c not in RESULT_COLUMNS]
+    return list(RESULT_COLUMNS) + [c for c in task.extra_result_columns if c not in RESULT_COLUMNS]
 
 
 def csv_text(rows: Iterable[list]) -> str:

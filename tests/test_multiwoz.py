@@ -583,7 +583,7 @@ def test_results_round_trip_through_the_csv_pipeline(tmp_path):
     from llama_squad.results import summarize as summarize_results
 
     task = get_task("multiwoz")
-    assert task is multiwoz
+    assert task is multiwoz.TASK
     dataset = build_dataset(fixture_args(granularity="domain"))
     writer = ResultsWriter(tmp_path / "results.csv", result_columns(task))
     for example in dataset["test"]:

@@ -334,7 +334,8 @@ def test_a_row_of_a_question_the_run_does_not_ask_is_refused(tmp_path, caplog, t
     assert test_script.main(argv) == 0
     assert metrics_of(out)["total"] == 8
     metrics = (out / "metrics.json").read_bytes()
-    ResultsWriter(out / "results.csv", result_columns(squad_v2)).write([squad_row("elsewhere", 1.0) | {"title": "T"}])
+    foreign = squad_row("elsewhere", 1.0) | {"title": "T"}
+    ResultsWriter(out / "results.csv", result_columns(squad_v2.TASK)).write([foreign])
     results = (out / "results.csv").read_bytes()
     caplog.clear()
     assert test_script.main(argv) == 1
@@ -348,7 +349,7 @@ def test_a_row_of_a_question_the_run_does_not_ask_is_refused(tmp_path, caplog, t
 
 
 def test_a_shard_row_of_a_question_the_run_does_not_ask_is_not_merged(tmp_path):
-    columns = result_columns(squad_v2)
+    columns = result_columns(squad_v2.TASK)
     rows = [squad_row(qid, 1.0) | {"title": "T"} for qid in ("q1", "q2", "elsewhere")]
     ResultsWriter(shard_path(tmp_path, 0), columns).write(rows[:1])
     ResultsWriter(shard_path(tmp_path, 1), columns).write(rows[1:])

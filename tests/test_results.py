@@ -22,7 +22,7 @@ from llama_squad.results import (
 from llama_squad.summary import summarize_files
 from llama_squad.tasks import squad_v2
 
-COLUMNS = result_columns(squad_v2)
+COLUMNS = result_columns(squad_v2.TASK)
 
 
 def row(i, has_answer, valid, found, exact, f1, abstained, raw="{}"):

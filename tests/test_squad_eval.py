@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from llama_squad.files import InputError
-from llama_squad.squad_eval import (
+from llama_squad.tasks.squad_v2.official import (
     MissingNaProbsError,
     MissingPredictionsError,
     compute_exact,
@@ -242,7 +242,7 @@ def test_missing_predictions_are_an_error_naming_them():
 
 def test_allow_missing_scores_them_empty(caplog):
     predictions = {"q1": "Denver", "q2": "Paris.", "extra": "x"}
-    with caplog.at_level(logging.WARNING, logger="llama_squad.squad_eval"):
+    with caplog.at_level(logging.WARNING, logger="llama_squad.tasks.squad_v2.official"):
         result = evaluate(DATA, predictions, allow_missing=True)
     assert result == evaluate(DATA, {**predictions, "q3": "", "q4": ""})
     assert result["exact"] == 75.0
@@ -467,3 +467,21 @@ def test_cli_unreadable_files(files, tmp_path, capsys):
     na_probs.write_text('{"q1": 0.5}')
     assert main([str(data), str(predictions), "--na_prob_file", str(na_probs)]) == 1
     assert capsys.readouterr().err.startswith(f"squad_eval: error: {na_probs}: 3 of 4 questions have no no-answer")
+
+
+def test_the_old_module_path_still_scores(tmp_path):
+    """``python -m llama_squad.squad_eval`` (the path the README and users' scripts name) runs the same scorer."""
+    import subprocess
+    import sys
+
+    data = tmp_path / "data.json"
+    data.write_text(json.dumps({"data": [{"title": "t", "paragraphs": [{"context": "a b", "qas": [
+        {"id": "q1", "question": "q?", "answers": [{"text": "a", "answer_start": 0}]},
+        {"id": "q2", "question": "q?", "answers": []}]}]}]}))  # fmt: skip
+    predictions = tmp_path / "predictions.json"
+    predictions.write_text(json.dumps({"q1": "a", "q2": "b"}))
+    result = subprocess.run([sys.executable, "-m", "llama_squad.squad_eval", str(data), str(predictions)],
+                            capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1])  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    scores = json.loads(result.stdout)
+    assert (scores["exact"], scores["HasAns_exact"], scores["NoAns_exact"]) == (50.0, 100.0, 0.0)

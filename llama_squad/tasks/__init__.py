@@ -1,27 +1,33 @@
-"""The tasks: each module owns its data loading, prompt formatting and scoring.
+"""The tasks: each package under ``tasks/`` holds one :class:`llama_squad.tasks.base.Task` (its data, its answers'
+form and scoring, and how tables, the chat and model cards show it), registered here by name.
 
-A task module exposes:
-
-- ``NAME``: the value of ``--task``;
-- ``Arguments``: a dataclass (subclass of :class:`llama_squad.tasks.common.DatasetArguments`) with the options of
-  ``create_dataset.py --task NAME``, a ``help`` on every field;
-- ``build_dataset(args) -> datasets.DatasetDict``: ``train`` / ``validation`` / ``test`` splits whose rows hold the
-  :data:`llama_squad.tasks.common.DATASET_COLUMNS` plus the task's own metadata columns;
-- ``EXTRA_RESULT_COLUMNS``: the task's columns of a results row beyond :data:`llama_squad.results.RESULT_COLUMNS`;
-- ``score_output(raw_output, example) -> list[dict]``: the scored results row(s) of one generated answer
-  (one row per question; a DST domain-level example yields one row per slot);
-- ``summarize(results: pandas.DataFrame) -> dict[str, float]``: the run's flat metrics.
-- ``constraint_of(example, mode) -> AnswerSpec | None``: what ``--constrain mode`` lets the model answer.
+A new task is one package that defines ``TASK`` (an instance of a :class:`~llama_squad.tasks.base.Task` subclass)
+and one line in :data:`TASKS`.
 """
 
 import importlib
-from types import ModuleType
 
-TASK_MODULES = {"squad_v2": "llama_squad.tasks.squad_v2", "multiwoz": "llama_squad.tasks.multiwoz"}
+from llama_squad.tasks.base import Task
+
+# --task NAME -> the module whose TASK it is
+TASKS = {
+    "squad_v2": "llama_squad.tasks.squad_v2",
+    "multiwoz": "llama_squad.tasks.multiwoz",
+}
 
 
-def get_task(name: str) -> ModuleType:
-    """The task module called ``name`` (``squad_v2`` or ``multiwoz``)."""
-    if name not in TASK_MODULES:
-        raise ValueError(f"unknown task {name!r}: choose one of {', '.join(TASK_MODULES)}")
-    return importlib.import_module(TASK_MODULES[name])
+def task_names() -> list[str]:
+    """The names of the registered tasks (``--task`` choices)."""
+    return list(TASKS)
+
+
+def get_task(name: str) -> Task:
+    """The task called ``name``."""
+    if name not in TASKS:
+        raise ValueError(f"unknown task {name!r}: choose one of {', '.join(TASKS)}")
+    return importlib.import_module(TASKS[name]).TASK
+
+
+def all_tasks() -> list[Task]:
+    """Every registered task, in registry order."""
+    return [get_task(name) for name in TASKS]

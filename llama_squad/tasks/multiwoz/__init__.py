@@ -8,7 +8,8 @@ question answers ``{"area": "centre", "name": "?", ...}``.
 One module per step: :mod:`.schema` (the slots), :mod:`.readers` (the dialogues of each layout), :mod:`.splits`,
 :mod:`.options` (``create_dataset.py --task multiwoz``), :mod:`.prompts` (questions and messages), :mod:`.lengths`
 (fitting ``--max_length``), :mod:`.dataset` (the rows) and :mod:`.scoring` (strict and fuzzy matching, joint goal
-accuracy). This package holds the task interface of :mod:`llama_squad.tasks` and the names callers use.
+accuracy); :mod:`.task` is the :class:`~llama_squad.tasks.base.Task` (``TASK``). This package holds the names callers
+use.
 
 Columns of a row: ``id`` (``dialogue/turn/slot``, or ``dialogue/turn/domain``), ``task``, ``prompt``,
 ``completion``, ``question``, ``answers`` (the slot's gold alternatives, [] when not set; for a domain question, its
@@ -59,9 +60,13 @@ from llama_squad.tasks.multiwoz.scoring import (
     token_f1,
 )
 from llama_squad.tasks.multiwoz.splits import load_splits, split_by_dialogue
+from llama_squad.tasks.multiwoz.task import MultiWOZ, dialogue_history
+
+TASK = MultiWOZ()
 
 __all__ = [
-    # the task interface (llama_squad.tasks)
+    # the task (llama_squad.tasks)
+    "TASK", "MultiWOZ", "dialogue_history",
     "NAME", "Arguments", "build_dataset", "EXTRA_RESULT_COLUMNS", "score_output", "summarize", "constraint_of",
     # schema and dialogues
     "DOMAINS", "SLOT_NAMES", "SCHEMA_SLOTS", "DONTCARE", "EMPTY_GOLD_VALUES", "DONTCARE_GOLD_VALUES", "Slot",

@@ -1,7 +1,7 @@
 """SQuAD v2 scores of raw JSON model outputs, as an ``evaluate`` metric: the numbers test.py writes to metrics.json.
 
     import evaluate
-    from llama_squad.metrics import SQUAD_V2_JSON
+    from llama_squad.metrics import SQUAD_V2_JSON  # or llama_squad.tasks.squad_v2.metric
 
     metric = evaluate.load(SQUAD_V2_JSON)
     metric.compute(predictions=['{"answer": "Normandy"}', '{"answer": "?"}'], references=[["Normandy"], []])

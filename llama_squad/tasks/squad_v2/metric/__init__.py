@@ -1,4 +1,4 @@
-"""Hugging Face ``evaluate`` metrics backed by the project's scorers: ``evaluate.load(SQUAD_V2_JSON)``."""
+"""The SQuAD v2 JSON scorer as a Hugging Face ``evaluate`` metric: ``evaluate.load(SQUAD_V2_JSON)``."""
 
 from pathlib import Path
 

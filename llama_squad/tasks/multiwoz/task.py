@@ -1,0 +1,95 @@
+"""MultiWOZ dialogue state tracking as a :class:`llama_squad.tasks.base.Task`: one question per slot and turn."""
+
+from llama_squad.answers import NO_ANSWER
+from llama_squad.tasks.base import CardInfo, ChatForm, Task
+from llama_squad.tasks.multiwoz import dataset, prompts, scoring
+from llama_squad.tasks.multiwoz.options import NAME, Arguments
+from llama_squad.tasks.multiwoz.readers import SPEAKERS
+from llama_squad.tasks.multiwoz.schema import default_slots
+
+CHAT_EXAMPLES = (
+    (
+        "User: I need a cheap hotel in the north of town.\nSystem: How many nights will you stay?\n"
+        "User: Three nights, from Friday.",
+        "hotel-pricerange",
+    ),
+    (
+        "User: I need a cheap hotel in the north of town.\nSystem: How many nights will you stay?\n"
+        "User: Three nights, from Friday.",
+        "hotel-area",
+    ),
+)
+
+
+def dialogue_history(text: str) -> str:
+    """A typed dialogue as the dataset renders it (``history_lines``): one ``User: ...``/``System: ...`` line per
+    utterance. Lines without a speaker alternate, starting with the user."""
+    lines = []
+    for line in text.splitlines():
+        line = line.strip()
+        if not line:
+            continue
+        speaker, colon, rest = line.partition(":")
+        if colon and speaker.strip().upper() in SPEAKERS:
+            lines.append((SPEAKERS[speaker.strip().upper()], rest.strip()))
+        else:
+            lines.append(("User" if len(lines) % 2 == 0 else "System", line))
+    return "".join(f"{speaker}: {utterance}\n" for speaker, utterance in lines)
+
+
+class MultiWOZ(Task):
+    """MultiWOZ DST: the dialogue so far and a slot (or a domain); the answer is its value, "dontcare" or "?"."""
+
+    name = NAME
+    title = "MultiWOZ"
+    Arguments = Arguments
+    extra_result_columns = scoring.EXTRA_RESULT_COLUMNS
+    headline_metrics = ("valid_json", "jga", "jga_fuzzy", "slot_accuracy", "slot_f1")
+    signature_metric = "jga"
+    card = CardInfo(
+        task_type="text-generation",
+        task_name="Dialogue state tracking",
+        hub_dataset=None,
+        metrics={"jga": ("accuracy", "Joint goal accuracy"), "slot_f1": ("f1", "Slot F1")},
+    )
+
+    def build_dataset(self, args):
+        return dataset.build_dataset(args)
+
+    def score_output(self, raw_output, example):
+        return scoring.score_output(raw_output, example)
+
+    def summarize(self, results):
+        return scoring.summarize(results)
+
+    def constraint_of(self, example, mode):
+        return prompts.constraint_of(example, mode)
+
+    def questions(self, options) -> dict:
+        """The slot questions the chat asks (as the dataset asks them), by slot name."""
+        listed = bool(getattr(options, "list_categorical_values", False))
+        return {q.name: q for q in prompts.make_questions(default_slots(), "slot", listed)}
+
+    def chat_form(self, options) -> ChatForm:
+        slots = tuple(self.questions(options))
+        return ChatForm(
+            tab="Dialogue state (MultiWOZ)",
+            material="Dialogue (User: ... / System: ... lines)",
+            question=f"Slot (e.g. {slots[0]})",
+            no_answer="Not set: the dialogue has not given this slot a value.",
+            button="Value",
+            answer_label="Value",
+            api_name="slot_value",
+            placeholder="User: ...\nSystem: ...\nUser: ...",
+            choices=slots,
+            examples=CHAT_EXAMPLES,
+        )
+
+    def chat_messages(self, material, question, options):
+        from llama_squad.files import InputError
+
+        questions = self.questions(options)
+        if question not in questions:
+            raise InputError(f"unknown slot {question!r}: one of {', '.join(questions)}")
+        history = dialogue_history(material)
+        return prompts.build_messages(history, questions[question], NO_ANSWER, options.system_prompt)
