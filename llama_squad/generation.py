@@ -33,7 +33,7 @@ class GenerationOptions:
     top_k: int = 50
     force_answer: bool = False
     share_prefix: bool = True  # compute the prompt prefix a group of questions shares once (greedy / sampling)
-    # --constrain (llama_squad/constrain.py): none; json: one JSON object of the task's form; extractive: also every
+    # --constrain (llama_squad/constrain/): none; json: one JSON object of the task's form; extractive: also every
     # value a span of the context / dialogue or a fixed choice ("?", "dontcare", a categorical slot's values)
     constrain: str = "none"
 
