@@ -15,10 +15,8 @@ Two runs never share an OUTPUT_DIR at once: the second stops at once.
 
 import contextlib
 import logging
-import os
 import sys
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from llama_squad.cli import exit_code_of, parse_dataclasses, setup_logging
 from llama_squad.config import ModelLoadingArguments
@@ -81,126 +79,50 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def evaluate(args: TestArguments, model_args: ModelLoadingArguments, options: GenerationOptions) -> None:
-    import torch
-    from accelerate import PartialState
-
-    from llama_squad import distributed, generation, models, results
-    from llama_squad import pause as pause_tokens
-    from llama_squad.files import InputError, output_lock
+    from llama_squad import adapters, evaluation
+    from llama_squad.files import InputError
     from llama_squad.summary import constraint_label, format_table, metrics_table, run_name
-    from llama_squad.tasks import get_task
 
-    # 1. Check the options, the questions and the model's files before loading anything heavy.
+    # 1. Check the options, the questions, the model's and the adapter's files before loading anything heavy.
     problems = args.problems() + options.problems()
     if problems:
         raise InputError("invalid options:\n  - " + "\n  - ".join(problems))
-    examples = generation.load_examples(args.dataset_path, args.split, args.limit)
-    models.check_model_source(model_args.model_name_or_path, revision=model_args.model_revision)
-    if args.adapter_path is not None:
-        models.check_adapter(args.adapter_path)
-        models.check_adapter_base(
-            args.adapter_path, model_args.model_name_or_path, model_args.model_revision, args.allow_base_mismatch
-        )
-    pause_tokens.check_file(args.adapter_path or model_args.model_name_or_path)
-    settings = run_settings(args, model_args, options, examples[0]["task"])
-    output_dir = Path(args.output_dir)
-    output_csv = output_dir / "results.csv"
-    task = get_task(examples[0]["task"])
+    examples = evaluation.load_examples(args.dataset_path, args.split, args.limit)
+    adapters.check_for_inference(model_args, args.adapter_path, allow_mismatch=args.allow_base_mismatch)
+    settings = evaluation.run_settings(
+        examples[0]["task"], args.dataset_path, args.split, model_args, options,
+        adapter_path=args.adapter_path, merge_adapter=args.merge_adapter, seed=args.seed,
+    )  # fmt: skip
 
-    # One process, or one of `accelerate launch`'s (torchrun's): each answers its share of the questions. Without
-    # CUDA, several processes talk over gloo, which accelerate uses only when asked for the CPU.
-    distributed_cpu = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
-    state = PartialState(cpu=distributed_cpu)
-    rank, processes = state.process_index, state.num_processes
-    columns = results.result_columns(task)
-    distributed.quiet_replicas(processes, rank, state.is_local_main_process)
-    with contextlib.ExitStack() as stack:  # 2. One run at a time per folder (the main process holds the lock).
-        distributed.run_on_main(state, lambda: stack.enter_context(output_lock(output_dir)))
-        # Resume only results of these settings.
-        results.check_resume(output_dir, settings, len(examples), args.overwrite)
-        # The rows already there: only questions of this run (a larger --limit extends a run), never another row.
-        example_ids = [str(ex["id"]) for ex in examples]
-        done = set() if args.overwrite else results.answered_ids(output_dir, columns, example_ids)
-        # a contiguous block each: the questions that share a prompt prefix (one dialogue turn) stay together
-        mine = examples[rank * len(examples) // processes : (rank + 1) * len(examples) // processes]
-        todo = [ex for ex in mine if str(ex["id"]) not in done]
+    # 2. One process, or one of `accelerate launch`'s (torchrun's): each answers its share of the questions.
+    run = evaluation.EvaluationRun(args.output_dir, settings, examples, evaluation.process_state())
+    with contextlib.ExitStack() as stack:
+        # 3. One run at a time per folder; resume only results of these settings and of this run's questions.
+        todo = run.claim(stack, args.overwrite)
 
-        # 3. The model (base + adapter, merged, or the embedded default), if anything is left to answer.
-        generator = None
+        # 4. The model (base + adapter, merged, or the embedded default), if anything is left to answer.
+        answerer = None
         if todo:
-            device_map = {"": state.device} if processes > 1 and state.device.type == "cuda" else None
-            generator = generation.load_generator(
-                model_args,
-                options,
-                adapter_path=args.adapter_path,
-                merge_adapter=args.merge_adapter,
-                seed=args.seed,
-                device_map=device_map,
-            )
+            answerer = evaluation.load_answerer(
+                model_args, options, adapter_path=args.adapter_path, merge_adapter=args.merge_adapter,
+                seed=args.seed, device_map=run.device_map,
+            )  # fmt: skip
 
-        # 4. Record the settings, then generate in batches, appending scored rows to results.csv (to this
-        # process's shard in a distributed run).
-        if state.is_main_process:
-            info = dict(
-                limit=args.limit,
-                dataset_path=args.dataset_path,
-                model_name_or_path=model_args.model_name_or_path,
-                adapter_path=args.adapter_path,
-                batch_size=args.batch_size,
-                processes=processes,
-            )
-            results.start_run(output_dir, settings, len(examples), info, overwrite=args.overwrite)
-        state.wait_for_everyone()  # the old results are gone (--overwrite) before any process writes
-        own_csv = output_csv if processes == 1 else results.shard_path(output_dir, rank)
-        answered, seconds = generation.run_generation(
-            generator, mine, own_csv, args.batch_size, progress=state.is_main_process, skip_ids=done
-        )
-        if answered:
-            logger.info("answered %d questions in %.1f s (%.2f questions/s)", answered, seconds, answered / seconds)
-        state.wait_for_everyone()
-        if not state.is_main_process:
+        # 5. Record the settings, then answer in batches, appending scored rows (to this process's shard).
+        info = dict(
+            limit=args.limit, dataset_path=args.dataset_path, model_name_or_path=model_args.model_name_or_path,
+            adapter_path=args.adapter_path, batch_size=args.batch_size,
+        )  # fmt: skip
+        run.start(info, overwrite=args.overwrite)
+        run.answer(answerer, args.batch_size)
+        if not run.is_main:
             return
 
-        # 5. One results.csv (the shards merged in question order), and the metrics of exactly its rows.
-        if processes > 1 or results.run_files(output_dir) != [output_csv]:
-            results.merge_shards(output_dir, columns, example_ids)
-        rows = results.read_results(output_csv)
-        metrics = results.summarize(rows)
-        generation.save_metrics({"task": task.name, **metrics}, output_dir / "metrics.json")  # export checks it
+        # 6. One results.csv (the shards merged in question order), and the metrics of exactly its rows.
+        rows, metrics = run.finish()
     row = {"task": rows["task"].iloc[0], "constrain": constraint_label(rows), **metrics}
-    print(format_table(metrics_table({run_name(output_csv): row})))
-    logger.info("wrote %s and %s", output_csv, output_dir / "metrics.json")
-
-
-def run_settings(
-    args: TestArguments, model_args: ModelLoadingArguments, options: GenerationOptions, task: str
-) -> dict:
-    """What defines the results rows, compared on a resume: the model's and adapter's weights, the questions and
-    how they are answered. Paths are not compared (a moved folder is the same model); the batch size is free.
-    ``quantization`` is recorded as before --load_in_4bit / --load_in_8bit (None, "4bit", "8bit"): older run.json
-    files stay comparable."""
-    from dataclasses import asdict
-
-    from llama_squad import generation, models
-
-    decoding = asdict(options)
-    quantization = models.quantization_name(model_args)
-    if options.do_sample:
-        decoding["seed"] = args.seed
-    else:  # greedy: sampling options and the seed change nothing
-        for name in ("temperature", "top_p", "top_k"):
-            decoding.pop(name)
-    return {
-        "task": task,
-        "dataset": {"fingerprint": generation.dataset_fingerprint(args.dataset_path, args.split), "split": args.split},
-        "model": models.model_fingerprint(model_args.model_name_or_path, model_args.model_revision),
-        "adapter": models.adapter_fingerprint(args.adapter_path) if args.adapter_path else None,
-        "merge_adapter": bool(args.adapter_path) and args.merge_adapter and not quantization,
-        "dtype": str(models.resolve_dtype(model_args.dtype)).removeprefix("torch."),
-        "quantization": quantization,
-        "attn_implementation": model_args.attn_implementation,
-        "generation": decoding,
-    }
+    print(format_table(metrics_table({run_name(run.results_csv): row})))
+    logger.info("wrote %s and %s", run.results_csv, run.output_dir / "metrics.json")
 
 
 if __name__ == "__main__":

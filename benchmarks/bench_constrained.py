@@ -37,6 +37,7 @@ from common import (
     load_questions,
     missing_data,
     print_header,
+    warm_up,
     write_json,
 )
 
@@ -111,29 +112,30 @@ def extractive_violations(questions: list[dict], outputs: dict[str, str]) -> lis
     return bad
 
 
-def measure_model(label: str, generator, questions: list[dict], args, folder: Path) -> list[dict]:
+def measure_model(label: str, answerer, questions: list[dict], args, folder: Path) -> list[dict]:
     """Every mode on one loaded model, interleaved: the questions go in chunks of --chunk_batches batches, each chunk
     answered by every mode in turn (the order rotating from chunk to chunk), so that a change of the machine's load
     hits every mode alike. A row of figures per mode."""
-    from llama_squad.generation import run_generation
+    from llama_squad.evaluation import answer_examples
     from llama_squad.results import read_results, summarize
 
-    base_options = generator.options
-    warm_up(generator, questions, args.batch_size)
+    engine = answerer.generator
+    base_options = engine.options
+    warm_up(answerer, questions, args.batch_size)
     seconds = dict.fromkeys(args.modes, 0.0)
     chunk = args.batch_size * args.chunk_batches
     for k, end in enumerate(range(chunk, len(questions) + chunk, chunk)):
         modes = args.modes[k % len(args.modes) :] + args.modes[: k % len(args.modes)]
         for mode in modes:
-            generator.options = replace(base_options, constrain=mode)
+            engine.options = replace(base_options, constrain=mode)
             start = time.perf_counter()
             # resumable: each call answers the chunk's questions not yet in this mode's file
-            run_generation(
-                generator, questions[:end], folder / f"{label}-{mode}" / "results.csv", args.batch_size, False
+            answer_examples(
+                answerer, questions[:end], folder / f"{label}-{mode}" / "results.csv", args.batch_size, False
             )
             seconds[mode] += time.perf_counter() - start
         print(f"{label}: {min(end, len(questions))}/{len(questions)} questions", file=sys.stderr, flush=True)
-    generator.options = base_options
+    engine.options = base_options
     rows = []
     for mode in args.modes:
         results = read_results(folder / f"{label}-{mode}" / "results.csv")
@@ -161,14 +163,6 @@ def measure_model(label: str, generator, questions: list[dict], args, folder: Pa
     return rows
 
 
-def warm_up(generator, questions: list[dict], batch_size: int) -> None:
-    """One short generate of a full batch, so that no mode pays the first call's set-up."""
-    from llama_squad.generation import GenerationOptions, Generator
-
-    warm = Generator(generator.model, generator.tokenizer, GenerationOptions(max_new_tokens=2))
-    warm.generate([warm.prompt_ids(questions[0]["prompt"], last_turn=True)[0]] * min(batch_size, len(questions)))
-
-
 def print_table(rows: list[dict]) -> None:
     header = (
         f"{'model':<10} {'constrain':<10} {'valid JSON':>10} {'EM':>6} {'F1':>6} {'HasAns EM':>9} {'NoAns EM':>8} "
@@ -190,6 +184,7 @@ def main(argv=None) -> int:
     import transformers
 
     from llama_squad.config import ModelLoadingArguments
+    from llama_squad.evaluation import Answerer
     from llama_squad.generation import GenerationOptions, Generator
     from llama_squad.models import load_for_inference
 
@@ -205,9 +200,9 @@ def main(argv=None) -> int:
         for label, adapter_path in (("zero-shot", None), ("adapter", adapter)):
             model, tokenizer = load_for_inference(ModelLoadingArguments(args.model), adapter_path=adapter_path)
             transformers.set_seed(args.seed)
-            generator = Generator(model, tokenizer, options)
-            rows += measure_model(label, generator, questions, args, work / "results")
-            del model, generator
+            answerer = Answerer(Generator(model, tokenizer, options))
+            rows += measure_model(label, answerer, questions, args, work / "results")
+            del model, answerer
 
     print()
     print(

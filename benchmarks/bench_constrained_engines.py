@@ -101,6 +101,7 @@ def main(argv=None) -> int:
 
     from llama_squad.config import ModelLoadingArguments
     from llama_squad.constrain import ConstrainedLogitsProcessor, Constrainer
+    from llama_squad.evaluation import Answerer
     from llama_squad.generation import GenerationOptions, Generator, left_pad
     from llama_squad.models import load_for_inference
     from llama_squad.tasks import squad_v2
@@ -109,7 +110,7 @@ def main(argv=None) -> int:
     model, tokenizer = load_for_inference(ModelLoadingArguments(args.model_name_or_path, dtype="float32"))
     generator = Generator(model, tokenizer, GenerationOptions(max_new_tokens=args.max_new_tokens))
     examples = squad_examples(Path(args.squad_file), args.questions, args.seed)
-    prompts = [generator.prompt_ids(ex["prompt"], last_turn=True)[0] for ex in examples]
+    prompts = [Answerer(generator).prompt_ids(ex["prompt"], last_turn=True)[0] for ex in examples]
     n = len(examples)
     batches = [list(range(i, min(i + args.batch_size, n))) for i in range(0, n, args.batch_size)]
 

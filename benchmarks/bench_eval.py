@@ -209,6 +209,7 @@ def batching_main(args) -> int:
     import torch
 
     from llama_squad.cli import setup_logging
+    from llama_squad.evaluation import Answerer
     from llama_squad.generation import GenerationOptions, Generator
 
     setup_logging(logging.WARNING)
@@ -222,7 +223,7 @@ def batching_main(args) -> int:
     questions, total = load_questions(limit, args.seed)
     baseline_questions = questions[: args.baseline_limit or len(questions)]
     model, tokenizer = load_model(args.model)
-    generator = Generator(model, tokenizer, GenerationOptions(max_new_tokens=max_new_tokens))
+    generator = Answerer(Generator(model, tokenizer, GenerationOptions(max_new_tokens=max_new_tokens)))
 
     # 2. Batch-1, then ours.
     runs = batching_runs(generator, questions, baseline_questions, batch_size)
@@ -325,11 +326,14 @@ def sharing_runs(model, tokenizer, chunks: list[list[dict]], batch_size: int, ma
     machine slows both alike); each path's figures summed over the chunks, its peak memory the largest of a chunk."""
     import torch
 
+    from llama_squad.evaluation import Answerer
     from llama_squad.generation import GenerationOptions, Generator
 
     labels = ("unshared", "shared")
     generators = {
-        label: Generator(model, tokenizer, GenerationOptions(max_new_tokens=max_new_tokens, share_prefix=share))
+        label: Answerer(
+            Generator(model, tokenizer, GenerationOptions(max_new_tokens=max_new_tokens, share_prefix=share))
+        )
         for label, share in zip(labels, (False, True), strict=True)
     }
     runs: dict[str, dict] = {}

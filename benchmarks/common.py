@@ -182,25 +182,33 @@ def best_time(function, repeats: int, *args) -> tuple[float, object]:
     return best, result
 
 
-def timed_run(generator, questions: list[dict], batch_size: int, folder: Path, label: str, warm: bool = True) -> dict:
+def warm_up(answerer, questions: list[dict], batch_size: int) -> None:
+    """One short generate of a full batch of the first question, so that no timed run pays the first call's set-up."""
+    from llama_squad.generation import GenerationOptions, Generator
+
+    warm = Generator(answerer.generator.model, answerer.tokenizer, GenerationOptions(max_new_tokens=2))
+    prompt = answerer.prompt_ids(questions[0]["prompt"], last_turn=True)[0]
+    warm.generate([prompt] * min(batch_size, len(questions)))
+
+
+def timed_run(answerer, questions: list[dict], batch_size: int, folder: Path, label: str, warm: bool = True) -> dict:
     """Warm up (unless ``warm`` is false: the model already ran this batch size), then time test.py's
-    ``run_generation`` end to end; its figures and raw outputs by id."""
+    ``answer_examples`` with ``answerer`` (:class:`llama_squad.evaluation.Answerer`) end to end; its figures and raw
+    outputs by id."""
     import torch
 
-    from llama_squad.generation import GenerationOptions, Generator, run_generation
+    from llama_squad.evaluation import answer_examples
     from llama_squad.results import read_results
 
     if warm:
-        warmer = Generator(generator.model, generator.tokenizer, GenerationOptions(max_new_tokens=2))
-        prompt = warmer.prompt_ids(questions[0]["prompt"], last_turn=True)[0]
-        warmer.generate([prompt] * min(batch_size, len(questions)))
+        warm_up(answerer, questions, batch_size)
     cuda = torch.cuda.is_available()
     if cuda:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
     output_csv = folder / label / "results.csv"
     start = time.perf_counter()
-    answered, _ = run_generation(generator, questions, output_csv, batch_size, progress=sys.stderr.isatty())
+    answered, _ = answer_examples(answerer, questions, output_csv, batch_size, progress=sys.stderr.isatty())
     if cuda:
         torch.cuda.synchronize()
     seconds = time.perf_counter() - start

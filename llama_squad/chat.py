@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 
 from llama_squad.answers import parse_json_answer
 from llama_squad.config import ModelLoadingArguments
-from llama_squad.generation import ANSWER_PREFIX, GenerationOptions, Generator, load_generator, start_conversation
+from llama_squad.evaluation.answering import ANSWER_PREFIX, Answerer, load_answerer, start_conversation
+from llama_squad.generation import GenerationOptions
 from llama_squad.tasks import get_task, task_names
 from llama_squad.tasks.common import DEFAULT_SYSTEM_PROMPT
 
@@ -88,10 +89,10 @@ class Answer:
 
 
 class Chat:
-    """Builds the task's prompt for a question and answers it with a :class:`Generator`, streaming the tokens."""
+    """Builds the task's prompt for a question and answers it with an :class:`Answerer`, streaming the tokens."""
 
-    def __init__(self, generator: Generator | None, options: "ChatArguments | None" = None):
-        self.generator = generator
+    def __init__(self, answerer: Answerer | None, options: "ChatArguments | None" = None):
+        self.answerer = answerer
         self.options = options if options is not None else ChatArguments()  # how the training data was prompted
         self._lock = threading.Lock()  # one question at a time: the generator's streamer is shared
 
@@ -112,32 +113,32 @@ class Chat:
         prompt, completion = messages
         conversation = start_conversation({"prompt": prompt, "completion": completion})
         turns = conversation.turns_left
-        streamer = TextIteratorStreamer(self.generator.tokenizer, skip_prompt=True, skip_special_tokens=True)
+        streamer = TextIteratorStreamer(self.answerer.tokenizer, skip_prompt=True, skip_special_tokens=True)
         failure: list[BaseException] = []
 
         def run() -> None:
             try:
-                self.generator.answer([conversation])
+                self.answerer.answer([conversation])
             except BaseException as e:  # handed to the caller's thread below
                 failure.append(e)
                 for _ in range(turns):  # unblock the reader
                     streamer.text_queue.put(streamer.stop_signal)
 
         with self._lock:
-            self.generator.streamer = streamer
+            self.answerer.generator.streamer = streamer
             thread = threading.Thread(target=run, daemon=True)
             thread.start()
             try:
                 done: list[str] = []
                 for turn in range(turns):
-                    text = ANSWER_PREFIX if self.generator.options.force_answer and turn == turns - 1 else ""
+                    text = ANSWER_PREFIX if self.answerer.options.force_answer and turn == turns - 1 else ""
                     for piece in streamer:
                         text += piece
                         yield "\n".join(done + [text])
                     done.append(text)
                 thread.join()
             finally:
-                self.generator.streamer = None
+                self.answerer.generator.streamer = None
         if failure:
             raise failure[0]
         raw = conversation.outputs[-1]
@@ -157,7 +158,7 @@ class Chat:
 def load_chat(args: ChatArguments, model_args: ModelLoadingArguments, options: GenerationOptions) -> Chat:
     """The model (as test.py loads it) and a :class:`Chat` around it."""
 
-    from llama_squad import models
+    from llama_squad import adapters
     from llama_squad.files import InputError
 
     problems = options.problems()
@@ -165,16 +166,11 @@ def load_chat(args: ChatArguments, model_args: ModelLoadingArguments, options: G
         problems.append(f"--num_beams {options.num_beams}: the chat streams one answer; use 1 (greedy or sampling)")
     if problems:
         raise InputError("invalid options:\n  - " + "\n  - ".join(problems))
-    models.check_model_source(model_args.model_name_or_path, revision=model_args.model_revision)
-    if args.adapter_path is not None:
-        models.check_adapter(args.adapter_path)
-        models.check_adapter_base(
-            args.adapter_path, model_args.model_name_or_path, model_args.model_revision, args.allow_base_mismatch
-        )
-    generator = load_generator(
+    adapters.check_for_inference(model_args, args.adapter_path, allow_mismatch=args.allow_base_mismatch)
+    answerer = load_answerer(
         model_args, options, adapter_path=args.adapter_path, merge_adapter=args.merge_adapter, seed=args.seed
     )
-    return Chat(generator, args)
+    return Chat(answerer, args)
 
 
 # ---------------------------------------------------------------------------------------------------- terminal

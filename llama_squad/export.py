@@ -128,12 +128,13 @@ def dataset_task(dataset_path: str | os.PathLike) -> str | None:
 
 def metrics_task(metrics: dict) -> str | None:
     """The task of test.py's metrics: their ``task`` entry, or (a metrics.json written before it had one) the task
-    whose ``signature_metric`` they hold; None when neither tells."""
+    whose ``signature_metric`` alone they hold; None when they do not tell."""
     from llama_squad.tasks import all_tasks
 
     if "task" in metrics:
         return metrics["task"]
-    return next((task.name for task in all_tasks() if task.signature_metric in metrics), None)
+    found = [task.name for task in all_tasks() if task.signature_metric in metrics]
+    return found[0] if len(found) == 1 else None  # none, or several: the keys do not tell
 
 
 def card_value(value) -> bool:

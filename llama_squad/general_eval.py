@@ -193,7 +193,7 @@ def write_table(rows: list[dict], output_dir: str | Path) -> tuple[Path, Path]:
 
 def run(args: GeneralEvalArguments) -> list[dict]:
     """Evaluate the base and the tuned model on ``args.tasks``; write the table and the raw results."""
-    from llama_squad import models
+    from llama_squad import adapters, models
     from llama_squad.files import InputError, atomic_write_json
 
     # 1. Check the options, the tasks and the models' files before loading anything heavy.
@@ -209,7 +209,7 @@ def run(args: GeneralEvalArguments) -> list[dict]:
     check_tasks(tasks, manager)
     models.check_model_source(args.model_name_or_path, revision=args.model_revision)
     if args.adapter_path:
-        models.check_adapter(args.adapter_path)
+        adapters.check_adapter(args.adapter_path)
     else:
         models.check_model_source(args.tuned_model_name_or_path, option="--tuned_model_name_or_path")
 

@@ -1,24 +1,16 @@
-"""Batched, resumable answer generation over a dataset split, scored into one results row per question."""
+"""The decoding engine: prompts as token ids (each with an optional grammar) in, the tokens that continue them and
+their scores out; shared prompt prefixes are computed once, and a conversation's next turn starts from the cache its
+last turn left. It knows nothing of tasks, results or metrics (:mod:`llama_squad.evaluation` asks it)."""
 
-import logging
-import math
 import os
-import time
-from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 
 import torch
 
-from llama_squad.results import ResultsWriter, result_columns
-from llama_squad.tasks import get_task
-from llama_squad.tokenization import end_of_turn_token_id, tokenize_prompt
+from llama_squad.tokenization import end_of_turn_token_id
 
-logger = logging.getLogger(__name__)
-
-ANSWER_PREFIX = '{"answer": "'  # what --force_answer writes for the model before it answers
-CONSTRAIN_MODES = ("none", "json", "extractive")  # --constrain (llama_squad.constrain.MODES)
+CONSTRAIN_MODES = ("none", "json", "extractive")  # --constrain (llama_squad.constrain builds their grammars)
 
 
 @dataclass
@@ -75,28 +67,14 @@ class GenerationOptions:
 
 
 @dataclass
-class Conversation:
-    """One example being answered turn by turn (multi-turn prompts ask one instruction at a time)."""
+class Completion:
+    """What the model wrote after one prompt: its tokens up to and including the end-of-turn token (or as many as
+    --max_new_tokens allowed), their text (special tokens left out), and, when asked, each token's log-probability
+    under the scores it was chosen from."""
 
-    example: dict
-    messages: list[dict]
-    follow_ups: list[dict]  # the user turns still to ask, in order
-    turns_left: int
-    outputs: list[str] = field(default_factory=list)
-    next_prompt: tuple[list[int], str] | None = None  # the next turn's prompt ids and prefix, when already tokenized
-    shared: int = 0  # how many first prompt tokens it shares with the other questions of its group (every turn)
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-
-
-def start_conversation(example: dict) -> Conversation:
-    completion = example["completion"]
-    return Conversation(
-        example=example,
-        messages=list(example["prompt"]),
-        follow_ups=[m for m in completion if m["role"] == "user"],
-        turns_left=sum(m["role"] == "assistant" for m in completion),
-    )
+    tokens: list[int]
+    text: str
+    scores: list[float] | None = None
 
 
 def cache_kwarg(model) -> str:
@@ -144,6 +122,15 @@ def left_pad(sequences: list[list[int]], pad_id: int) -> tuple[torch.Tensor, tor
     return ids, mask
 
 
+def common_prefix_length(a: list[int], b: list[int]) -> int:
+    """How many first tokens ``a`` and ``b`` share."""
+    import numpy as np
+
+    n = min(len(a), len(b))
+    differ = np.flatnonzero(np.asarray(a[:n]) != np.asarray(b[:n]))
+    return int(differ[0]) if len(differ) else n
+
+
 @dataclass
 class TurnCache:
     """What one turn of a batch of conversations left in the model's cache, for the next turn to start from.
@@ -180,47 +167,19 @@ class TurnCache:
 
 
 class Generator:
-    """Answers chat prompts in batches with a model and its tokenizer."""
+    """Continues token-id prompts with a model, in batches, stopping at the end-of-turn token (the engine: see the
+    module docstring)."""
 
-    def __init__(self, model, tokenizer, options: GenerationOptions, pause=None):
+    def __init__(self, model, tokenizer, options: GenerationOptions):
         self.model = model
         self.tokenizer = tokenizer
         self.options = options
-        self.pause = pause  # the model's pause tokens (llama_squad.pause.PauseTokens), placed as in training
         stop = [end_of_turn_token_id(tokenizer)]
         if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in stop:
             stop.append(tokenizer.eos_token_id)
         self.stop_ids = stop
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stop[0]
         self.streamer = None  # a transformers streamer (TextIteratorStreamer) fed by every generate call, if set
-        self.constrainer = None  # --constrain: built on first use (llama_squad.constrain.Constrainer)
-
-    def prompt_ids(self, messages: list[dict], last_turn: bool) -> tuple[list[int], str]:
-        """The prompt ids of a turn, and the text prefilled for the model that belongs to its answer."""
-        prefix = ANSWER_PREFIX if self.options.force_answer and last_turn else None
-        written = prefix or ""
-        if self.pause is not None and last_turn:  # the pauses: part of the prompt, never of the answer
-            messages, pauses = self.pause.prompt_messages(messages)
-            written = pauses + written
-        return tokenize_prompt(self.tokenizer, messages, assistant_prefix=written or None), prefix or ""
-
-    # --constrain: begin
-    def grammars(self, batch: list[tuple[Conversation, list[int], str]]) -> list | None:
-        """The grammar that constrains each prompt's answer (None: free; only a last turn is constrained), or None
-        when ``--constrain none``."""
-        if self.options.constrain == "none":
-            return None
-        from llama_squad.constrain import Constrainer
-
-        if self.constrainer is None:
-            self.constrainer = Constrainer(self.tokenizer, self.stop_ids)
-        grammars = []
-        for c, _, prefix in batch:
-            spec = get_task(c.example["task"]).constraint_of(c.example, self.options.constrain)
-            grammars.append(None if spec is None or c.turns_left != 1 else self.constrainer.grammar(spec, prefix))
-        return grammars
-
-    # --constrain: end
 
     @torch.inference_mode()
     def generate(
@@ -230,14 +189,17 @@ class Generator:
         grammars: list | None = None,
         previous: TurnCache | None = None,
         keep_cache: bool = False,
-    ) -> tuple[list[tuple[str, int]], TurnCache | None]:
-        """(text, number of generated tokens) for each prompt, stopping at the end-of-turn token; and, with
-        ``keep_cache``, the cache the batch leaves (for the next turn of the same conversations).
+        with_scores: bool = False,
+    ) -> tuple[list[Completion], TurnCache | None]:
+        """The :class:`Completion` of each prompt (its tokens up to the end-of-turn token), and, with ``keep_cache``,
+        the cache the batch leaves (for the next turn of the same conversations). ``with_scores``: each token's
+        log-probability too (greedy and sampling).
 
         ``prefix_lengths[i]``: how many first tokens prompt ``i`` shares with the other prompts of its group (rows with
         the same first tokens). Each distinct prefix then goes through the model once, and its keys and values are
         handed to every row that starts with it (``shared_prefix_cache``); without them every row is run whole.
-        ``grammars[i]`` (``--constrain``): what the answer of prompt ``i`` may be (None: anything).
+        ``grammars[i]`` (``--constrain``, :class:`llama_squad.constrain.Grammar`): what the answer of prompt ``i`` may
+        be (None: anything).
         ``previous``: the cache of the previous turn of these rows, whose prompts extend it: only the new tokens run.
         """
         from llama_squad.kv_cache import make_room, preallocated_cache
@@ -269,27 +231,35 @@ class Generator:
             make_room(cache, self.options.max_new_tokens)
             kwargs[cache_kwarg(self.model)] = cache
         device = self.model.device
+        with_scores = with_scores and self.options.num_beams == 1
+        as_dict = keep_cache or with_scores
         with grouped_query_attention_on_cpu(device):
             out = self.model.generate(
                 input_ids=input_ids.to(device),
                 attention_mask=attention_mask.to(device),
-                return_dict_in_generate=keep_cache,
+                return_dict_in_generate=as_dict,
+                output_scores=with_scores,
                 **kwargs,
             )
-        sequences = out.sequences if keep_cache else out
+        sequences = out.sequences if as_dict else out
         width = input_ids.shape[1]
-        results = []
-        for row in sequences[:, width:].tolist():
-            n = len(row)
-            for i, token in enumerate(row):
+        completions = []
+        for row, tokens in enumerate(sequences[:, width:].tolist()):
+            n = len(tokens)
+            for i, token in enumerate(tokens):
                 if token in self.stop_ids:
                     n = i + 1
                     break
-            text = self.tokenizer.decode(row[:n], skip_special_tokens=True)
-            results.append((text, n))
+            text = self.tokenizer.decode(tokens[:n], skip_special_tokens=True)
+            scores = None
+            if with_scores:  # the processed scores of each step (after --constrain's mask), as log-probabilities
+                scores = [
+                    float(torch.log_softmax(out.scores[i][row].float(), -1)[t]) for i, t in enumerate(tokens[:n])
+                ]
+            completions.append(Completion(tokens[:n], text, scores))
         if not keep_cache:
-            return results, None
-        return results, self.turn_cache(out, attention_mask, [n for _, n in results])
+            return completions, None
+        return completions, self.turn_cache(out, attention_mask, [len(c.tokens) for c in completions])
 
     def turn_cache(self, out, attention_mask: torch.Tensor, generated: list[int]) -> TurnCache:
         """The cache ``generate`` returned, with the columns it covers and each row's tokens in it."""
@@ -340,297 +310,3 @@ class Generator:
         input_ids = torch.cat([prefix_ids[rows], own_ids], dim=1)
         attention_mask = torch.cat([prefix_mask[rows], own_mask], dim=1)
         return input_ids, attention_mask, cache
-
-    def answer(self, conversations: list[Conversation]) -> None:
-        """Run every turn of every conversation (each turn batched across conversations). When prefixes are shared,
-        a turn starts from the cache the previous turn left: the context is read once per conversation, not once per
-        turn."""
-        active = [c for c in conversations if c.turns_left > 0]
-        previous = None
-        while active:
-            batch = []
-            for c in active:
-                ids, prefix = c.next_prompt or self.prompt_ids(c.messages, last_turn=c.turns_left == 1)
-                c.next_prompt = None
-                batch.append((c, ids, prefix))
-            keep = self.options.shares_prefixes and any(c.turns_left > 1 for c in active)
-            prompts, shared = [ids for _, ids, _ in batch], [c.shared for c, _, _ in batch]
-            outputs, cache = self.generate(prompts, shared, self.grammars(batch), previous=previous, keep_cache=keep)
-            for (c, ids, prefix), (text, n) in zip(batch, outputs, strict=True):
-                text = prefix + text.rstrip() if prefix else text.strip()
-                c.prompt_tokens = len(ids)
-                c.completion_tokens += n
-                c.outputs.append(text)
-                c.turns_left -= 1
-                c.messages.append({"role": "assistant", "content": text})
-                if c.turns_left and c.follow_ups:
-                    c.messages.append(c.follow_ups.pop(0))
-            rows = [row for row, c in enumerate(active) if c.turns_left > 0]
-            active = [active[row] for row in rows]
-            previous = cache.select(rows) if cache is not None and rows else None
-
-
-def load_generator(
-    model_args,
-    options: GenerationOptions,
-    *,
-    adapter_path: str | None = None,
-    merge_adapter: bool = True,
-    seed: int = 42,
-    device_map=None,
-) -> Generator:
-    """The Generator of test.py and the chat: the model ``model_args`` (ModelLoadingArguments) name and say how to
-    load, with the adapter at ``adapter_path`` (see :func:`llama_squad.models.load_for_inference`), prompted with the
-    pause tokens it was trained with (pause_tokens.json beside it), if any; sampling seeded with ``seed``."""
-    import transformers
-
-    from llama_squad import models
-    from llama_squad import pause as pause_tokens
-
-    pause_tokens.check_file(adapter_path or model_args.model_name_or_path)  # before the model loads
-    model, tokenizer = models.load_for_inference(
-        model_args, adapter_path=adapter_path, merge_adapter=merge_adapter, device_map=device_map
-    )
-    transformers.set_seed(seed)
-    if adapter_path:
-        pause = pause_tokens.for_model(adapter_path, tokenizer)
-    else:
-        trained = models.resolve_model_path(model_args.model_name_or_path, model_args.model_cache_dir)
-        pause = pause_tokens.for_model(trained, tokenizer, revision=model_args.model_revision)
-    return Generator(model, tokenizer, options, pause=pause)
-
-
-def batches_by_length(examples: list[dict], lengths: list[int], batch_size: int) -> Iterator[list[dict]]:
-    """Batches of similar prompt lengths (longest first, so an out-of-memory shows at once): little padding."""
-    order = sorted(range(len(examples)), key=lambda i: -lengths[i])
-    for start in range(0, len(order), batch_size):
-        yield [examples[i] for i in order[start : start + batch_size]]
-
-
-def common_prefix_length(a: list[int], b: list[int]) -> int:
-    """How many first tokens ``a`` and ``b`` share."""
-    import numpy as np
-
-    n = min(len(a), len(b))
-    differ = np.flatnonzero(np.asarray(a[:n]) != np.asarray(b[:n]))
-    return int(differ[0]) if len(differ) else n
-
-
-def prefix_groups(prompts: list[list[int]], batch_size: int) -> list[tuple[list[int], int]]:
-    """Consecutive prompts split into groups that share a prefix: (indices, tokens all of them share), each group of at
-    most ``batch_size`` prompts, so that the model reads as few tokens as it can.
-
-    A group's prefix runs once, then every member's own tokens, padded to the longest: it costs ``shared + members *
-    (longest - shared)`` tokens, and a prompt alone costs its length. The split of least total cost is found exactly
-    (dynamic programming over the split points). Datasets are stored with the prompts that share a prefix together:
-    the 30 slot questions of one MultiWOZ turn (the dialogue first, the slot last), the questions of one SQuAD
-    paragraph (the context first). Consecutive turns of a dialogue share most of their tokens too, but each later turn
-    brings new dialogue, which all of its questions would feed on their own: the cost keeps the turns apart (on the
-    benchmark's 42 sampled turns: one group per turn at slot level, for any batch size from 30 up). Each prompt keeps
-    at least its last token of its own.
-    """
-    import numpy as np
-
-    n = len(prompts)
-    if n == 0:
-        return []
-    lengths = np.array([len(p) for p in prompts])
-    # adjacent[i]: tokens prompt i shares with prompt i + 1; a run of prompts shares the least of its adjacent pairs
-    adjacent = np.array([common_prefix_length(prompts[i], prompts[i + 1]) for i in range(n - 1)], dtype=np.int64)
-    best = np.zeros(n + 1)  # best[j]: the least cost of the first j prompts
-    start = np.zeros(n + 1, dtype=np.int64)  # where the last group of that split starts
-    shared_of = np.zeros(n + 1, dtype=np.int64)
-    for j in range(n):  # the group that ends with prompt j starts at j, j - 1, ... (the latest start first: ties)
-        first = max(0, j - batch_size + 1)
-        members = np.arange(1, j - first + 2)
-        shortest = np.minimum.accumulate(lengths[first : j + 1][::-1])
-        longest = np.maximum.accumulate(lengths[first : j + 1][::-1])
-        common = np.concatenate(([lengths[j]], np.minimum.accumulate(adjacent[first:j][::-1])))
-        shared = np.minimum(common, shortest - 1)
-        cost = best[j - members + 1] + shared + members * (longest - shared)
-        k = int(np.argmin(cost))
-        best[j + 1], start[j + 1], shared_of[j + 1] = cost[k], j - k, shared[k]
-    groups = []
-    end = n
-    while end > 0:
-        groups.append((list(range(int(start[end]), end)), int(shared_of[end])))
-        end = int(start[end])
-    return groups[::-1]
-
-
-def batches_of_groups(groups: list[tuple[list[int], int]], lengths: list[int], batch_size: int) -> Iterator[list]:
-    """Whole groups packed into batches of at most ``batch_size`` prompts, longest first (an out-of-memory shows at
-    once; similar lengths pad little): lists of (index, shared prefix length)."""
-    groups = sorted(groups, key=lambda g: -max(lengths[i] for i in g[0]))
-    batch: list[tuple[int, int]] = []
-    for members, shared in groups:
-        if batch and len(batch) + len(members) > batch_size:
-            yield batch
-            batch = []
-        batch.extend((i, shared) for i in members)
-    if batch:
-        yield batch
-
-
-def results_rows(task, conversation: Conversation, constrain: str = "none") -> list[dict]:
-    """The scored results rows of one answered example (the last turn's output is the answer); ``constrain``: the
-    ``--constrain`` mode it was generated with."""
-    example = conversation.example
-    raw = conversation.outputs[-1]
-    rows = []
-    for scored in task.score_output(raw, example):
-        row = {
-            "example_id": example["id"],
-            "id": example["id"],
-            "task": example["task"],
-            "question": example["question"],
-            "answers": list(example["answers"]),
-            "raw_output": raw,
-            "prompt_tokens": conversation.prompt_tokens,
-            "completion_tokens": conversation.completion_tokens,
-            "constrain": constrain,
-        }
-        row.update({k: example[k] for k in task.extra_result_columns if k in example})
-        row.update(scored)
-        rows.append(row)
-    return rows
-
-
-def run_generation(
-    generator: Generator | None,
-    examples,
-    output_csv: str | Path,
-    batch_size: int,
-    progress: bool = True,
-    skip_ids: frozenset[str] | set[str] = frozenset(),
-) -> tuple[int, float]:
-    """Answer every example not yet in ``output_csv`` (nor in ``skip_ids``: answered in other files of the same
-    run, such as other processes' shards), appending scored rows batch by batch.
-
-    Re-running after a crash or Ctrl-C resumes: finished examples are skipped, none is written twice. The generator
-    may be None when nothing is left to answer. Returns (examples answered now, seconds spent).
-    """
-    from tqdm.auto import tqdm
-
-    if len(examples) == 0:
-        raise ValueError("no examples to answer: the split is empty")
-    task = get_task(examples[0]["task"])
-    writer = ResultsWriter(output_csv, result_columns(task))
-    todo = [ex for ex in examples if str(ex["id"]) not in writer.done and str(ex["id"]) not in skip_ids]
-    if not todo:
-        logger.info("%s already holds all %d examples", output_csv, len(examples))
-        return 0, 0.0
-    if generator is None:
-        raise ValueError(f"{output_csv}: {len(todo)} examples are still to answer, and no model was given")
-    conversations = {}
-    for ex in todo:  # tokenize each first prompt once: for sorting by length, then for generating
-        conversation = start_conversation(ex)
-        conversation.next_prompt = generator.prompt_ids(conversation.messages, last_turn=conversation.turns_left == 1)
-        conversations[ex["id"]] = conversation
-    lengths = [len(conversations[ex["id"]].next_prompt[0]) for ex in todo]
-    warn_beyond_context(generator, todo, lengths)
-    if generator.options.shares_prefixes:
-        groups = prefix_groups([conversations[ex["id"]].next_prompt[0] for ex in todo], batch_size)
-        batches = []
-        for batch in batches_of_groups(groups, lengths, batch_size):
-            for i, shared in batch:
-                conversations[todo[i]["id"]].shared = shared
-            batches.append([todo[i] for i, _ in batch])
-    else:
-        batches = batches_by_length(todo, lengths, batch_size)
-    start = time.perf_counter()
-    bar = tqdm(total=len(todo), unit="q", desc="generating", disable=not progress, dynamic_ncols=True)
-    done = 0
-    for batch in batches:
-        answered = [conversations.pop(ex["id"]) for ex in batch]
-        generator.answer(answered)
-        writer.write([row for c in answered for row in results_rows(task, c, generator.options.constrain)])
-        done += len(batch)
-        bar.update(len(batch))
-        bar.set_postfix(q_per_s=f"{done / (time.perf_counter() - start):.2f}")
-    bar.close()
-    return done, time.perf_counter() - start
-
-
-def warn_beyond_context(generator: Generator, examples: list[dict], lengths: list[int]) -> int:
-    """Warn once when prompts and their answers (``--max_new_tokens``) run past the model's context
-    (``max_position_embeddings``): the model answers them all the same, from positions it was never trained on.
-    Returns how many do."""
-    context = getattr(generator.model.config, "max_position_embeddings", None)
-    if not context:
-        return 0
-    budget = generator.options.max_new_tokens
-    beyond = [(n, ex["id"]) for ex, n in zip(examples, lengths, strict=True) if n + budget > context]
-    if beyond:
-        longest, first = max(beyond)
-        logger.warning(
-            "%d of %d prompts with their answers (--max_new_tokens %d) run past the model's context of %d tokens "
-            "(the longest: %d tokens, question %s): the model answers them from positions it was never trained on, "
-            "and such answers are unreliable; leave these questions out of the dataset, or use a model with a longer "
-            "context",
-            len(beyond), len(examples), budget, context, longest, first,
-        )  # fmt: skip
-    return len(beyond)
-
-
-def save_metrics(metrics: dict, path: str | Path) -> None:
-    """Write the run's metrics as strict JSON (undefined values as null), atomically."""
-    from llama_squad.files import atomic_write_json
-
-    def plain(value):
-        value = value.item() if hasattr(value, "item") else value  # numpy scalars
-        if isinstance(value, float):
-            return None if math.isnan(value) else round(value, 6)  # undefined (e.g. no abstentions): null, not NaN
-        return value
-
-    atomic_write_json(path, {key: plain(value) for key, value in metrics.items()})
-
-
-def dataset_fingerprint(dataset_path: str, split: str) -> str:
-    """A content hash of a saved split's data files: the same questions and prompts give the same fingerprint."""
-    from llama_squad.files import fingerprint_files
-
-    return fingerprint_files(sorted((Path(dataset_path) / split).glob("*.arrow")))
-
-
-def load_examples(dataset_path: str, split: str, limit: int | None):
-    """The split of a dataset written by create_dataset.py (the first ``limit`` rows), checked to be one (its question
-    ids unique)."""
-    from llama_squad.files import InputError
-    from llama_squad.tasks import task_names
-    from llama_squad.tasks.common import DATASET_COLUMNS, dataset_folder_problem, load_dataset_folder
-
-    problem = dataset_folder_problem(dataset_path)
-    if problem:
-        raise InputError(problem)
-    try:
-        dataset = load_dataset_folder(dataset_path)
-    except (OSError, ValueError) as e:  # a missing or corrupt data file
-        raise InputError(
-            f"{dataset_path}: cannot read the dataset ({e}); write it again with create_dataset.py"
-        ) from None
-    if split not in dataset:
-        raise InputError(f"{dataset_path}: no split {split!r} (it has {', '.join(dataset)}): pick one with --split")
-    examples = dataset[split]
-    missing = [c for c in DATASET_COLUMNS if c not in examples.column_names]
-    if missing:
-        raise InputError(
-            f"{dataset_path}: the {split} split lacks the columns {missing} (it has {examples.column_names}); "
-            "it was not written by create_dataset.py: build it with create_dataset.py"
-        )
-    if len(examples) == 0:
-        raise InputError(f"{dataset_path}: the {split} split is empty: nothing to answer")
-    tasks = set(examples.unique("task"))
-    if len(tasks) != 1 or not tasks <= set(task_names()):
-        raise InputError(f"{dataset_path}: the {split} split must hold one known task, it holds {sorted(tasks)}")
-    seen: set[str] = set()
-    for qid in examples["id"]:  # results and scores are kept by id: a repeated one breaks resuming and scoring
-        if qid in seen:
-            raise InputError(
-                f"{dataset_path}: the {split} split repeats the question id {qid!r}: ids must be unique (results are "
-                "kept by id); rebuild the dataset with create_dataset.py"
-            )
-        seen.add(qid)
-    if limit is not None:
-        examples = examples.select(range(min(limit, len(examples))))
-    return [dict(ex) for ex in examples]

@@ -12,7 +12,8 @@ import test as test_script
 from llama_squad import embedded, models
 from llama_squad.chat import UNREADABLE_TEXT, Answer, Chat, ChatArguments, run_terminal
 from llama_squad.config import ModelLoadingArguments
-from llama_squad.generation import GenerationOptions, Generator, start_conversation
+from llama_squad.evaluation import Answerer, start_conversation
+from llama_squad.generation import GenerationOptions, Generator
 from llama_squad.tasks import get_task, multiwoz
 from llama_squad.tasks.multiwoz import dialogue_history
 
@@ -49,7 +50,7 @@ def test_answer_shown_says_no_answer_plainly(answer, abstained, task, shown):
 @pytest.fixture(scope="module")
 def tiny_chat(tiny_model_dir):
     model, tokenizer = models.load_for_inference(ModelLoadingArguments(str(tiny_model_dir)))
-    return Chat(Generator(model, tokenizer, GenerationOptions(max_new_tokens=12)))
+    return Chat(Answerer(Generator(model, tokenizer, GenerationOptions(max_new_tokens=12))))
 
 
 def test_squad_prompt_is_the_datasets(tiny_chat, tiny_dataset_dir):
@@ -97,7 +98,7 @@ def test_slot_prompt_is_the_datasets():
 def test_terminal_streams_the_generators_answer(tiny_chat, tiny_dataset_dir):
     example = load_from_disk(str(tiny_dataset_dir))["test"][0]
     reference = start_conversation(example)
-    tiny_chat.generator.answer([reference])
+    tiny_chat.answerer.answer([reference])
     typed = iter([example["context"], "", example["question"], ""])
 
     def read(prompt: str) -> str:
@@ -156,13 +157,13 @@ def test_page_answers_as_test_py_on_the_embedded_model(tmp_path, tiny_dataset_di
                 assert shown == no_answer("squad_v2")
             else:
                 assert shown == (row["parsed_answer"] if row["answer_found"] == "True" else UNREADABLE_TEXT)
-        # MultiWOZ tab: the Generator's answer to the dataset-built prompt
+        # MultiWOZ tab: the Answerer's answer to the dataset-built prompt
         dialogue = "User: I need a cheap restaurant in the centre.\nSystem: What food?\nUser: Italian, please."
         raw, shown = client.predict(dialogue, "restaurant-area", api_name="/slot_value")
         reference = start_conversation(
             dict(zip(("prompt", "completion"), chat.messages("multiwoz", dialogue, "restaurant-area"), strict=True))
         )
-        chat.generator.answer([reference])
+        chat.answerer.answer([reference])
         assert raw == reference.outputs[-1]
         assert shown == Answer(no_answer("multiwoz"), raw, *_parsed(raw)).shown
     finally:

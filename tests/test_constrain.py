@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from llama_squad.constrain import AnswerSpec, Field, Grammar, Vocabulary, escape, json_spec, vocabulary_of
-from llama_squad.generation import ANSWER_PREFIX, GenerationOptions, Generator, start_conversation
+from llama_squad.evaluation import ANSWER_PREFIX, Answerer, start_conversation
+from llama_squad.generation import GenerationOptions, Generator
 from llama_squad.tasks import multiwoz, squad_v2
 
 TOKENIZERS = (
@@ -283,10 +284,10 @@ def test_every_generated_answer_is_a_span_or_a_question_mark(tiny, decoding):
     examples = squad_examples()
     options = GenerationOptions(max_new_tokens=12, constrain="extractive", **decoding)
     conversations = [start_conversation(ex) for ex in examples]
-    Generator(model, tokenizer, options).answer(conversations)
+    Answerer(Generator(model, tokenizer, options)).answer(conversations)
     assert all(is_span_answer(c.outputs[0], c.example["context"]) for c in conversations)
     free = [start_conversation(ex) for ex in examples]
-    Generator(model, tokenizer, GenerationOptions(max_new_tokens=12, **decoding)).answer(free)
+    Answerer(Generator(model, tokenizer, GenerationOptions(max_new_tokens=12, **decoding))).answer(free)
     assert not any(is_span_answer(c.outputs[0], c.example["context"]) for c in free)  # what the random model writes
 
 

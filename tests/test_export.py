@@ -204,7 +204,8 @@ def test_export_cli_refuses_the_metrics_of_another_task(tmp_path, metrics, found
 
 def test_metrics_task_is_recorded_or_inferred():
     assert export.metrics_task({"task": "multiwoz", "exact": 1.0}) == "multiwoz"
-    assert export.metrics_task({"jga": 1.0, "exact": 1.0}) == "multiwoz"
+    assert export.metrics_task({"jga": 1.0, "slot_f1": 1.0}) == "multiwoz"
+    assert export.metrics_task({"jga": 1.0, "exact": 1.0}) is None  # the signatures of two tasks: no telling
     assert export.metrics_task(METRICS) == "squad_v2"
     assert export.metrics_task({"total": 0}) is None
 

@@ -14,9 +14,10 @@ import pytest
 import torch
 
 import test as test_script
-from llama_squad import generation
+from llama_squad import evaluation
+from llama_squad.evaluation import ANSWER_PREFIX, Answerer, load_examples, start_conversation
 from llama_squad.files import InputError
-from llama_squad.generation import ANSWER_PREFIX, GenerationOptions, Generator, load_examples, start_conversation
+from llama_squad.generation import GenerationOptions, Generator
 from llama_squad.results import read_results
 
 REPO = Path(__file__).resolve().parents[1]
@@ -43,7 +44,7 @@ def answer_all(generator, examples, batch_size):
 def test_greedy_answers_do_not_depend_on_the_batch_size(tiny, tiny_dataset_dir):
     model, tokenizer = tiny
     examples = load_examples(str(tiny_dataset_dir), "test", None)
-    generator = Generator(model, tokenizer, GenerationOptions(max_new_tokens=12))
+    generator = Answerer(Generator(model, tokenizer, GenerationOptions(max_new_tokens=12)))
     one = answer_all(generator, examples, 1)
     batched = answer_all(generator, examples, 5)
     assert one == batched
@@ -53,7 +54,7 @@ def test_greedy_answers_do_not_depend_on_the_batch_size(tiny, tiny_dataset_dir):
 def test_force_answer_prefills_the_json(tiny, tiny_dataset_dir):
     model, tokenizer = tiny
     examples = load_examples(str(tiny_dataset_dir), "test", 3)
-    generator = Generator(model, tokenizer, GenerationOptions(max_new_tokens=5, force_answer=True))
+    generator = Answerer(Generator(model, tokenizer, GenerationOptions(max_new_tokens=5, force_answer=True)))
     for outputs, _ in answer_all(generator, examples, 3).values():
         assert outputs[0].startswith(ANSWER_PREFIX)
 
@@ -93,7 +94,7 @@ def test_multi_turn_runs_instruction_by_instruction(tiny, tmp_path):
     model, tokenizer = tiny
     examples = multi_turn_examples(tmp_path, 2)
     conversations = [start_conversation(ex) for ex in examples]
-    Generator(model, tokenizer, GenerationOptions(max_new_tokens=4)).answer(conversations)
+    Answerer(Generator(model, tokenizer, GenerationOptions(max_new_tokens=4))).answer(conversations)
     for c in conversations:
         assert len(c.outputs) == 3
         assert [m["role"] for m in c.messages[-6:]] == ["user", "assistant", "user", "assistant", "user", "assistant"]
@@ -110,7 +111,7 @@ def strict_json_only(constant):
 
 
 def test_undefined_metrics_are_written_as_null(tmp_path):
-    generation.save_metrics(
+    evaluation.save_metrics(
         {"total": 3, "abstain_precision": float("nan"), "f1": np.float64(1 / 3)}, tmp_path / "m.json"
     )
     metrics = json.loads((tmp_path / "m.json").read_text(), parse_constant=strict_json_only)
@@ -182,7 +183,8 @@ def test_dst_runs_through_the_same_test_py(tiny_model_dir, tmp_path, granularity
 
 
 def test_prefix_groups_join_consecutive_prompts_that_share_most_tokens():
-    from llama_squad.generation import batches_of_groups, common_prefix_length, prefix_groups
+    from llama_squad.evaluation import batches_of_groups, prefix_groups
+    from llama_squad.generation import common_prefix_length
 
     turn_a = [[1, 2, 3, 4, 5, 6, 7, 10], [1, 2, 3, 4, 5, 6, 7, 11, 12], [1, 2, 3, 4, 5, 6, 7, 13]]
     turn_b = [[1, 2, 9, 9, 9, 9, 9, 20], [1, 2, 9, 9, 9, 9, 9, 21]]
@@ -233,9 +235,9 @@ def test_shared_prefix_answers_equal_the_unshared_ones(tmp_path, tiny_model_dir,
     model, tokenizer = load_for_inference(ModelLoadingArguments(str(tiny_model_dir)))
     outputs = {}
     for share in (False, True):
-        generator = Generator(model, tokenizer, GenerationOptions(max_new_tokens=10, share_prefix=share))
+        answerer = Answerer(Generator(model, tokenizer, GenerationOptions(max_new_tokens=10, share_prefix=share)))
         csv = tmp_path / f"share_{share}" / "results.csv"
-        generation.run_generation(generator, examples, csv, batch_size=32, progress=False)
+        evaluation.answer_examples(answerer, examples, csv, batch_size=32, progress=False)
         outputs[share] = read_results(csv).set_index("id").sort_index()[["raw_output", "completion_tokens"]]
     assert len(outputs[True]) == len(examples)
     pd.testing.assert_frame_equal(outputs[True], outputs[False])
@@ -277,7 +279,7 @@ def test_each_turn_starts_from_the_cache_of_the_previous_turn(tiny, tmp_path):
     examples = multi_turn_examples(tmp_path, 3)
     fed = {}
     for share in (False, True):
-        generator = Generator(model, tokenizer, GenerationOptions(max_new_tokens=4, share_prefix=share))
+        generator = Answerer(Generator(model, tokenizer, GenerationOptions(max_new_tokens=4, share_prefix=share)))
         conversations = [start_conversation(ex) for ex in examples]
         widths: list[int] = []
         hook = model.register_forward_pre_hook(

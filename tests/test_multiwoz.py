@@ -577,8 +577,8 @@ def test_summary_by_hand():
 
 
 def test_results_round_trip_through_the_csv_pipeline(tmp_path):
-    """Rows made by generation.results_rows, written and read back as test.py does, summarize the same."""
-    from llama_squad.generation import results_rows, start_conversation
+    """Rows made by evaluation.results_rows, written and read back as test.py does, summarize the same."""
+    from llama_squad.evaluation import results_rows, start_conversation
     from llama_squad.results import ResultsWriter, read_results, result_columns
     from llama_squad.results import summarize as summarize_results
 

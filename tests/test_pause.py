@@ -184,17 +184,17 @@ def test_the_adapter_saves_the_pause_rows_and_the_merged_model_holds_them(traine
 def test_test_py_prompts_with_the_pauses_and_merged_answers_equal_adapter_answers(
     trained_with_pauses, tiny_model_dir, tiny_dataset_dir, tmp_path, monkeypatch
 ):
-    from llama_squad import generation
+    from llama_squad.evaluation import Answerer
 
     prompts = []
-    prompt_ids = generation.Generator.prompt_ids
+    prompt_ids = Answerer.prompt_ids
 
     def spy(self, messages, last_turn):
         ids, prefix = prompt_ids(self, messages, last_turn)
         prompts.append(ids)
         return ids, prefix
 
-    monkeypatch.setattr(generation.Generator, "prompt_ids", spy)
+    monkeypatch.setattr(Answerer, "prompt_ids", spy)
     out = trained_with_pauses
     answers = {}
     runs = {

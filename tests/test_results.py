@@ -186,7 +186,7 @@ def test_every_line_break_in_a_field_is_read_back_where_it_was_written(tmp_path,
     path = tmp_path / "results.csv"
     writer = ResultsWriter(path, COLUMNS)
     rows = breaking_rows(1)
-    for one in rows:  # one write per example, as run_generation does
+    for one in rows:  # one write per example, as answer_examples does
         writer.write([one])
     written = path.read_bytes()
     caplog.set_level(logging.INFO)

@@ -63,7 +63,7 @@ def test_train_and_test_without_a_validation_split(layout, tmp_path, caplog, tin
     import create_dataset
     import test as test_script
     from llama_squad.cli import parse_dataclasses
-    from llama_squad.generation import load_examples
+    from llama_squad.evaluation import load_examples
     from llama_squad.tasks import squad_v2
 
     data = tmp_path / "data"
