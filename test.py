@@ -114,7 +114,9 @@ def evaluate(args: TestArguments, model_args: ModelLoadingArguments, options: Ge
             adapter_path=args.adapter_path, batch_size=args.batch_size,
         )  # fmt: skip
         run.start(info, overwrite=args.overwrite)
-        run.answer(answerer, args.batch_size)
+        answered, seconds = run.answer(answerer, args.batch_size)
+        if answered:
+            logger.info("answered %d questions in %.1f s (%.2f questions/s)", answered, seconds, answered / seconds)
         if not run.is_main:
             return
 

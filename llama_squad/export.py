@@ -365,15 +365,10 @@ def push_folder(folder: str | os.PathLike, repo_id: str) -> str:
 
 def read_run_config(path: Path) -> dict:
     """train.py's resolved options (``run_config.yaml``), checked to hold what a card needs."""
-    from llama_squad.files import InputError
+    from llama_squad.files import InputError, read_yaml
 
     fix = "it is written by train.py: restore it, or train again into this folder"
-    try:
-        resolved = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (yaml.YAMLError, UnicodeDecodeError) as e:
-        mark = getattr(e, "problem_mark", None)
-        at = f" at line {mark.line + 1}" if mark else ""
-        raise InputError(f"{path}: not valid YAML{at}; {fix}") from None
+    resolved = read_yaml(path, fix)
     sections = resolved if isinstance(resolved, dict) else {}
     model, script = sections.get("model"), sections.get("script")
     if not (

@@ -198,6 +198,22 @@ def read_json(path: str | os.PathLike) -> Any:
         raise _cannot_open(path, e) from None
 
 
+def read_yaml(path: str | os.PathLike, fix: str) -> Any:
+    """Load a YAML file (safely: no Python tags) that a script of ours wrote; one that does not parse raises
+    :class:`InputError` naming it, the line, and ``fix``."""
+    import yaml
+
+    path = Path(path)
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        mark = getattr(e, "problem_mark", None)
+        at = f" at line {mark.line + 1}" if mark else ""
+        raise InputError(f"{path}: not valid YAML{at}; {fix}") from None
+    except OSError as e:
+        raise _cannot_open(path, e) from None
+
+
 def iter_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, dict]]:
     """Yield ``(line_number, record)`` for each non-blank line of a JSON Lines file; a missing, unreadable or
     malformed file raises :class:`InputError` naming it (and the line)."""

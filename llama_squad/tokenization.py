@@ -1,5 +1,8 @@
 """Chat messages → input ids and answer-only labels (with the end-of-turn token), for any chat template.
 
+One module of ~480 lines on purpose: the four steps below share one private cache per tokenizer (the skeletons) and
+each step reads the one before it; apart, none of them is of use.
+
 How the answer is found, without token ids or model names:
 
 1. The chat template renders the conversation once with every message content replaced by a marker

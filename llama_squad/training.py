@@ -1,19 +1,15 @@
 """Fine-tuning with TRL's SFTTrainer: answer-only labels, LoRA/QLoRA, checkpoints and resume, loss plots."""
 
 import dataclasses
-import json
 import logging
 from pathlib import Path
 
-import yaml
 from transformers import TrainerCallback  # imported with the config already (TRL's SFTConfig)
 
 from llama_squad.config import PAUSE_POSITIONS, ModelArguments, ScriptArguments, TrainConfig
-from llama_squad.files import InputError, atomic_write_text
+from llama_squad.files import InputError
 
 logger = logging.getLogger(__name__)
-
-RUN_CONFIG = "run_config.yaml"
 
 
 def validate(model_args: ModelArguments, script_args: ScriptArguments, config: TrainConfig) -> None:
@@ -77,6 +73,8 @@ def validate(model_args: ModelArguments, script_args: ScriptArguments, config: T
         problems.append(f"--pause_position {model_args.pause_position!r}: choose {' or '.join(PAUSE_POSITIONS)}")
     if model_args.fp16_overflow_guard and not config.fp16:
         problems.append("--fp16_overflow_guard is for float16 training: add --fp16, or drop the guard")
+    from llama_squad.resume import named_checkpoint_problem
+
     problem = named_checkpoint_problem(config)
     if problem:
         problems.append(problem)
@@ -106,148 +104,87 @@ def validate(model_args: ModelArguments, script_args: ScriptArguments, config: T
         raise InputError("invalid options:\n  - " + "\n  - ".join(problems))
 
 
-def resolved_config(model_args, script_args, config) -> dict:
-    """Every option of the run, as plain YAML-able values."""
-    training = {k: v for k, v in config.to_dict().items() if not k.startswith("_")}
-    return {"model": dataclasses.asdict(model_args), "script": dataclasses.asdict(script_args), "training": training}
+def check_pushes(script_args: ScriptArguments, config: TrainConfig) -> None:
+    """Fail fast unless every push asked for can be made (the main process asks the Hub): the merged model
+    (``--hub_repo_id``, which implies ``--merge``), the adapter alone (``--push_adapter``), TRL's own push of the
+    adapter and checkpoints (``--push_to_hub`` to ``--hub_model_id``)."""
+    from llama_squad.distributed import run_on_main
+    from llama_squad.export import check_hub_access
+
+    if script_args.hub_repo_id:
+        script_args.merge = True
+        run_on_main(config, lambda: check_hub_access(script_args.hub_repo_id))
+    if script_args.push_adapter:
+        run_on_main(config, lambda: check_hub_access(script_args.push_adapter, option="--push_adapter"))
+    if config.push_to_hub:
+        repo = config.hub_model_id or Path(config.output_dir).absolute().name
+        run_on_main(config, lambda: check_hub_access(repo, option="--push_to_hub", token=config.hub_token))
 
 
-# Options that decide what a checkpoint holds: resuming it under other values would fail inside the Trainer, or
-# silently train another model than the checkpoint's (other base weights, another quantization of them, another
-# adapter scaling). The pause tokens add embedding rows (a shape) and decide where the model reads them.
-CHECKPOINT_SHAPE = (
-    "model_name_or_path",
-    "model_revision",
-    "load_in_4bit",
-    "load_in_8bit",
-    "bnb_4bit_quant_type",
-    "use_bnb_nested_quant",
-    "use_peft",
-    "lora_r",
-    "lora_alpha",
-    "lora_target_modules",
-    "lora_target_parameters",
-    "lora_modules_to_save",
-    "use_rslora",
-    "use_dora",
-    "pause_tokens",
-    "pause_position",
-)
+@dataclasses.dataclass
+class LoadedModel:
+    """The model to train and what it was loaded with."""
+
+    path: str  # the folder or Hub id it was loaded from (the embedded model's cache folder)
+    model: object
+    tokenizer: object
+    pause: object = None  # llama_squad.pause.PauseTokens, or None
+    pause_ids: list[int] | None = None  # their token ids: the embedding rows trained beside LoRA
 
 
-def _comparable(config: dict) -> dict:
-    """A resolved config (run_config.yaml) as this version records it, for comparing: ``quantization: 4bit`` (or
-    8bit), the option before TRL's ``load_in_4bit`` / ``load_in_8bit``, becomes that flag; ``model_cache_dir``, once
-    a script option, is a model option; a one-entry ``lora_target_modules`` list is its entry (TRL's ModelConfig
-    records ``[all-linear]`` as ``all-linear``)."""
-    model, script = dict(config.get("model") or {}), dict(config.get("script") or {})
-    if "model_cache_dir" in script:
-        model.setdefault("model_cache_dir", script.pop("model_cache_dir"))
-    quantization = model.pop("quantization", None)
-    if quantization in ("4bit", "8bit"):  # it was always NF4 with double quantization, as the defaults now are
-        model[f"load_in_{quantization}"] = True
-    targets = model.get("lora_target_modules")
-    if isinstance(targets, list) and len(targets) == 1:
-        model["lora_target_modules"] = targets[0]
-    return {**config, "model": model, "script": script}
+def load_for_training(model_args: ModelArguments, config: TrainConfig) -> LoadedModel:
+    """The model and tokenizer (the embedded default is converted from GGUF once, then cached: by the first process of
+    each machine, which the others wait for), guarded against float16 overflow if asked, with the pause tokens added
+    (new special tokens whose rows start as the mean of the others)."""
+    from llama_squad import models
+    from llama_squad import pause as pause_tokens
+    from llama_squad.distributed import shards_parameters
+    from llama_squad.stability import add_fp16_overflow_guard
 
-
-def check_resume_config(resolved: dict, output_dir: str, checkpoint: str) -> None:
-    """Compare a resumed run's options with those the checkpoint's run saved (``run_config.yaml``): refuse when the
-    model or adapter differs, warn about every other change (a new learning rate, say, is a user's right)."""
-    path = Path(output_dir) / RUN_CONFIG
-    if not path.exists():
-        return
-    fix = (
-        f"it records the options {checkpoint} was trained with, which a resumed run must keep: restore it, pass "
-        "--resume_from_checkpoint no to start afresh in this folder, or choose another --output_dir"
+    with config.main_process_first(desc="preparing the model"):
+        path = models.resolve_model_path(model_args.model_name_or_path, cache_dir=model_args.model_cache_dir)
+    tokenizer = models.load_tokenizer(
+        path, trust_remote_code=config.trust_remote_code, revision=model_args.model_revision
     )
-    try:
-        old = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (yaml.YAMLError, UnicodeDecodeError) as e:
-        mark = getattr(e, "problem_mark", None)
-        at = f" at line {mark.line + 1}" if mark else ""
-        raise InputError(f"{path}: not valid YAML{at}; {fix}") from None
-    sections = ("model", "script", "training")
-    if not isinstance(old, dict) or not all(isinstance(old.get(s), dict | None) for s in sections):
-        raise InputError(f"{path}: not a run_config.yaml written by train.py (model/script/training mappings); {fix}")
-    old, resolved = _comparable(old), _comparable(resolved)
-    changed = []
-    # a model option the checkpoint's run did not record did not exist then: that run had its default behaviour
-    defaults = {f.name: f.default for f in dataclasses.fields(ModelArguments) if f.default is not dataclasses.MISSING}
-    for section in ("model", "script", "training"):
-        before, now = old.get(section) or {}, resolved.get(section) or {}
-        if section == "model":
-            before = {k: v for k, v in defaults.items() if k in now} | before
-        for key in sorted(set(before) | set(now)):
-            if before.get(key) != now.get(key) and key not in ("resume_from_checkpoint", "hub_token", "logging_dir"):
-                changed.append((section, key, before.get(key), now.get(key)))
-    shape = [c for c in changed if c[0] == "model" and c[1] in CHECKPOINT_SHAPE]
-    if shape:
-        raise InputError(
-            f"--output_dir {output_dir}: {checkpoint} was trained with other model options ("
-            + "; ".join(f"--{k} {b!r} then, {n!r} now" for _, k, b, n in shape)
-            + "): run with the same options to resume it, pass --resume_from_checkpoint no to start afresh in this "
-            "folder (its checkpoints are then overwritten), or choose another --output_dir"
-        )
-    for _, key, before, now in changed:
-        logger.warning("resuming with --%s %r (the checkpoint's run had %r)", key, now, before)
-
-
-def saved_log_history(output_dir: str) -> list[dict]:
-    """The log history of the run saved in ``output_dir`` (its final ``trainer_state.json``), [] without one."""
-    from llama_squad.checkpoints import TRAINER_STATE
-
-    try:
-        history = json.loads((Path(output_dir) / TRAINER_STATE).read_text(encoding="utf-8")).get("log_history")
-    except (OSError, ValueError, AttributeError):
-        return []
-    return history if isinstance(history, list) else []
-
-
-def save_run_config(resolved: dict, output_dir: str) -> Path:
-    """Write the resolved options beside the outputs (``run_config.yaml``)."""
-    path = Path(output_dir) / RUN_CONFIG
-    atomic_write_text(path, yaml.safe_dump(resolved, sort_keys=False, default_flow_style=False))
-    return path
-
-
-NO_RESUME = ("no", "none", "false")
-LATEST = ("latest", "true", "yes")
-
-
-def named_checkpoint_problem(config: TrainConfig) -> str | None:
-    """Why the checkpoint --resume_from_checkpoint names cannot be resumed from (None: it can, or none is named)."""
-    from llama_squad.checkpoints import checkpoint_problem
-
-    wanted = config.resume_from_checkpoint
-    if wanted is None or str(wanted).lower() in NO_RESUME + LATEST:
-        return None
-    problem = checkpoint_problem(wanted, config.save_only_model)
-    if problem is None:
-        return None
-    return (
-        f"--resume_from_checkpoint {wanted}: cannot resume from it ({problem}); pick another checkpoint, or leave the "
-        "option out to take the newest complete one"
+    model = models.load_model(
+        path, model_args, trust_remote_code=config.trust_remote_code, sharded=shards_parameters(config)
     )
+    if model_args.fp16_overflow_guard:
+        add_fp16_overflow_guard(model)
+    pause = pause_tokens.PauseTokens.of(model_args.pause_tokens, model_args.pause_position)
+    pause_ids = pause_tokens.prepare_model(model, tokenizer, pause) if pause else None
+    return LoadedModel(path, model, tokenizer, pause, pause_ids)
 
 
-def find_checkpoint(config: TrainConfig) -> str | None:
-    """The checkpoint to resume from: the one given (which must be complete), else the newest complete one in
-    output_dir (torn ones are skipped, logged and moved aside); None for a fresh start. In a distributed run only
-    the main process calls it (train.py hands its choice to the others)."""
-    from llama_squad.checkpoints import latest_complete_checkpoint
+def train_or_finish(trainer, config: TrainConfig, checkpoint: str | None, resolved: dict, adapter: bool) -> int | None:
+    """Train from ``checkpoint`` (saving the resolved config beside the checkpoints first), then save the adapter (or
+    full model: every process takes part, FSDP and ZeRO-3 gather the shards, the main one writes) and the trainer's
+    state. Unless ``checkpoint`` is the run's last step: a finished run re-run trains nothing, and only a final save a
+    crash left missing is taken from that checkpoint. Returns the finished run's step, or None when it trained."""
+    from llama_squad import outputs
+    from llama_squad.distributed import describe_batch
+    from llama_squad.resume import save_run_config
 
-    wanted = config.resume_from_checkpoint
-    if wanted is not None and str(wanted).lower() in NO_RESUME:
-        return None
-    if wanted is not None and str(wanted).lower() not in LATEST:
-        problem = named_checkpoint_problem(config)
-        if problem:
-            raise InputError(problem)
-        return str(wanted)
-    found = latest_complete_checkpoint(config.output_dir, config.save_only_model)
-    return str(found) if found else None
+    main_process = config.process_index == 0
+    planned = outputs.planned_steps(config, len(trainer.train_dataset))
+    finished = outputs.finished_step(checkpoint, planned)
+    if finished is not None:
+        logger.info(
+            "training finished at step %d of %d (%s): nothing to train; writing only what is missing",
+            finished, planned, checkpoint,
+        )  # fmt: skip
+        if main_process:
+            outputs.restore_final_save(config.output_dir, checkpoint, adapter=adapter)
+        return finished
+    if main_process:
+        save_run_config(resolved, config.output_dir)
+    logger.info("%s", describe_batch(config))
+    trainer.train(resume_from_checkpoint=checkpoint)
+    if trainer.is_fsdp_enabled:  # whole adapter weights, loadable without FSDP (checkpoints stay sharded)
+        trainer.accelerator.state.fsdp_plugin.set_state_dict_type("FULL_STATE_DICT")
+    trainer.save_model(config.output_dir)
+    trainer.save_state()
+    return None
 
 
 def load_training_data(script_args: ScriptArguments, tokenizer, max_length: int, seed: int = 42, pause=None):

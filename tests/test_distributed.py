@@ -101,7 +101,8 @@ def test_two_processes_train_one_model_together(two_process_run):
 def test_the_main_process_alone_logs_writes_and_merges(two_process_run):
     out, log = two_process_run
     main = log_lines(log, 0)
-    assert "INFO train: effective batch size 8 (2 per device × 2 processes × 2 accumulation steps)" in main
+    batch = "effective batch size 8 (2 per device × 2 processes × 2 accumulation steps)"
+    assert f"INFO llama_squad.training: {batch}" in main
     assert [line for line in main if "INFO train: wrote" in line] == [
         f"INFO train: wrote {out}/loss.png",
         f"INFO train: wrote {out}/merged (merged model)",
@@ -132,7 +133,7 @@ def test_a_torn_checkpoint_is_skipped_by_every_process_of_a_resumed_run(
     result = run(torchrun(*train_args(tiny_model_dir, tiny_dataset_dir, out, *extra)))
     assert_ok(result)
     for rank in (0, 1):
-        assert f"INFO train: resuming from {out}/checkpoint-2" in log_lines(result.stdout, rank)
+        assert f"INFO llama_squad.resume: resuming from {out}/checkpoint-2" in log_lines(result.stdout, rank)
     assert [line for line in log_lines(result.stdout, 0) if "moved it to" in line] == [
         f"WARNING llama_squad.checkpoints: moved it to {out}/incomplete-checkpoint-4 (delete it once you no "
         "longer need it)"

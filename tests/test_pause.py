@@ -12,7 +12,7 @@ from test_training import train_argv
 
 import test as test_script
 import train
-from llama_squad import IGNORE_INDEX, pause, training
+from llama_squad import IGNORE_INDEX, pause, resume, training
 from llama_squad.pause import PauseTokens
 from llama_squad.tokenization import tokenize_conversation, tokenize_prompt
 
@@ -245,15 +245,15 @@ def test_an_old_run_config_without_pause_options_resumes(tmp_path):
 
     from llama_squad.config import ModelArguments, ScriptArguments, TrainConfig
 
-    resolved = training.resolved_config(ModelArguments(), ScriptArguments(), TrainConfig(output_dir=str(tmp_path)))
+    resolved = resume.resolved_config(ModelArguments(), ScriptArguments(), TrainConfig(output_dir=str(tmp_path)))
     old = json.loads(json.dumps(resolved, default=str))
     for key in ("pause_tokens", "pause_position"):
         del old["model"][key]
-    (tmp_path / training.RUN_CONFIG).write_text(yaml.safe_dump(old))
-    training.check_resume_config(resolved, str(tmp_path), "checkpoint-1")  # no error
+    (tmp_path / resume.RUN_CONFIG).write_text(yaml.safe_dump(old))
+    resume.check_resume_config(resolved, str(tmp_path), "checkpoint-1")  # no error
     resolved["model"]["pause_tokens"] = 2
     with pytest.raises(Exception, match="--pause_tokens 0 then, 2 now"):
-        training.check_resume_config(resolved, str(tmp_path), "checkpoint-1")
+        resume.check_resume_config(resolved, str(tmp_path), "checkpoint-1")
 
 
 def test_bad_pause_options_are_named(tmp_path):

@@ -17,7 +17,7 @@ import pytest
 import summarize_results
 import test as test_script
 import train
-from llama_squad import training
+from llama_squad import resume
 from llama_squad.checkpoints import checkpoint_problem, latest_complete_checkpoint
 from llama_squad.files import InputError, output_lock
 from llama_squad.results import (
@@ -136,7 +136,7 @@ def test_a_named_torn_checkpoint_is_refused_with_the_reason(two_checkpoints, tmp
     truncate(out / "checkpoint-2" / "adapter_model.safetensors")
     config = TrainConfig(output_dir=str(out), resume_from_checkpoint=str(out / "checkpoint-2"))
     with pytest.raises(InputError, match="cannot resume from it .adapter_model.safetensors is cut short"):
-        training.find_checkpoint(config)
+        resume.find_checkpoint(config)
 
 
 def test_killed_while_writing_a_checkpoint_the_rerun_resumes_from_the_last_whole_one(
@@ -425,6 +425,17 @@ def test_summaries_count_a_repeated_row_once_and_mark_partial_runs(tmp_path, cap
 # ------------------------------------------------------------------------------------------- a user's mistakes
 
 
+def run_case(script, argv: list, caplog, capsys) -> tuple[int, str]:
+    """Run a script's main in-process: its exit code (argparse's exit 2 too) and all it logged and wrote to stderr."""
+    caplog.clear()
+    capsys.readouterr()
+    try:
+        code = script.main([str(a) for a in argv])
+    except SystemExit as e:  # argparse: exit 2 with the message on stderr
+        code = e.code
+    return code, caplog.text + capsys.readouterr().err
+
+
 def test_every_users_mistake_gets_one_message_and_no_output(
     tmp_path, capsys, caplog, tiny_model_dir, tiny_dataset_dir
 ):
@@ -491,13 +502,7 @@ def test_every_users_mistake_gets_one_message_and_no_output(
     ]
     failures = []
     for script, argv, expected in cases:
-        caplog.clear()
-        capsys.readouterr()
-        try:
-            code = script.main([str(a) for a in argv])
-        except SystemExit as e:  # argparse: exit 2 with the message on stderr
-            code = e.code
-        message = caplog.text + capsys.readouterr().err
+        code, message = run_case(script, argv, caplog, capsys)
         if code not in (1, 2) or expected not in message or "Traceback" in message or out.exists():
             failures.append(f"{script.__name__} {argv[-2:]}: exit {code}, {message[-300:]!r}")
     assert not failures, "\n".join(failures)
@@ -773,13 +778,7 @@ def test_every_os_error_gets_one_message_naming_the_path_and_the_fix(
     ]
     failures = []
     for script, argv, expected in cases:
-        caplog.clear()
-        capsys.readouterr()
-        try:
-            code = script.main([str(a) for a in argv])
-        except SystemExit as e:
-            code = e.code
-        message = caplog.text + capsys.readouterr().err
+        code, message = run_case(script, argv, caplog, capsys)
         if code != 1 or expected not in message or "Traceback" in message:
             failures.append(f"{script.__name__} {argv[-2:]}: exit {code}, {message[-400:]!r}")
     assert not failures, "\n".join(failures)

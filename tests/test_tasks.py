@@ -83,3 +83,22 @@ def test_a_third_task_is_one_package_and_one_registry_line(tmp_path, monkeypatch
     capsys.readouterr()
     assert summarize_results.main([str(evaluation / "results.csv"), "--plot", str(tmp_path / "summary.png")]) == 0
     assert "jsonl_qa" in capsys.readouterr().out and (tmp_path / "summary.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_the_library_command_lines_are_installed_entry_points():
+    """``llama-squad-chat``, ``-export``, ``-general-eval`` and ``-eval`` (pyproject's [project.scripts]) run the
+    library's CLIs, as ``python -m`` does."""
+    import importlib
+    from importlib.metadata import entry_points
+
+    tomllib = pytest.importorskip("tomllib", reason="Python 3.11 reads pyproject.toml with tomllib")
+    scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
+    names = ["llama-squad-chat", "llama-squad-eval", "llama-squad-export", "llama-squad-general-eval"]
+    assert sorted(scripts) == names
+    installed = {e.name: e.value for e in entry_points(group="console_scripts") if e.name.startswith("llama-squad")}
+    assert installed == scripts  # make install put them in the venv's bin/
+    for target in scripts.values():
+        module, function = target.split(":")
+        with pytest.raises(SystemExit) as done:
+            getattr(importlib.import_module(module), function)(["--help"])
+        assert done.value.code == 0

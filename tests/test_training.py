@@ -11,7 +11,7 @@ import torch
 import yaml
 
 import train
-from llama_squad import training
+from llama_squad import resume, training
 from llama_squad.files import InputError
 from llama_squad.stability import add_fp16_overflow_guard
 
@@ -255,7 +255,7 @@ def test_a_run_config_from_before_load_in_4bit_resumes_with_it(tmp_path):
     from llama_squad.config import ModelArguments, ScriptArguments, TrainConfig
 
     def resolved(**model):
-        return training.resolved_config(
+        return resume.resolved_config(
             ModelArguments(**model), ScriptArguments(), TrainConfig(output_dir=str(tmp_path))
         )
 
@@ -264,12 +264,12 @@ def test_a_run_config_from_before_load_in_4bit_resumes_with_it(tmp_path):
         del old["model"][key]
     old["model"] |= {"quantization": "4bit", "lora_target_modules": ["all-linear"]}
     old["script"]["model_cache_dir"] = old["model"].pop("model_cache_dir")
-    (tmp_path / training.RUN_CONFIG).write_text(yaml.safe_dump(old))
-    training.check_resume_config(resolved(load_in_4bit=True), str(tmp_path), "checkpoint-1")  # no error
+    (tmp_path / resume.RUN_CONFIG).write_text(yaml.safe_dump(old))
+    resume.check_resume_config(resolved(load_in_4bit=True), str(tmp_path), "checkpoint-1")  # no error
     with pytest.raises(InputError, match="--load_in_4bit True then, False now"):
-        training.check_resume_config(resolved(), str(tmp_path), "checkpoint-1")
+        resume.check_resume_config(resolved(), str(tmp_path), "checkpoint-1")
     with pytest.raises(InputError, match="--use_bnb_nested_quant True then, False now"):
-        training.check_resume_config(resolved(load_in_4bit=True, use_bnb_nested_quant=False), str(tmp_path), "c-1")
+        resume.check_resume_config(resolved(load_in_4bit=True, use_bnb_nested_quant=False), str(tmp_path), "c-1")
 
 
 def test_max_train_examples_is_a_seeded_sample_across_the_split(tiny_dataset_dir, smollm2_tokenizer_dir):

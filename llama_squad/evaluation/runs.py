@@ -70,16 +70,15 @@ class EvaluationRun:
             results.start_run(self.output_dir, self.settings, len(self.examples), info, overwrite=overwrite)
         self.state.wait_for_everyone()
 
-    def answer(self, answerer, batch_size: int) -> None:
+    def answer(self, answerer, batch_size: int) -> tuple[int, float]:
         """Answer this process's questions in batches, appending scored rows to results.csv (to this process's shard
-        in a distributed run); every process then waits for the others."""
+        in a distributed run); every process then waits for the others. Returns (questions answered now, seconds)."""
         own = self.results_csv if self.state.num_processes == 1 else results.shard_path(self.output_dir, self.rank)
         answered, seconds = answer_examples(
             answerer, self.mine, own, batch_size, progress=self.is_main, skip_ids=self.done
         )
-        if answered:
-            logger.info("answered %d questions in %.1f s (%.2f questions/s)", answered, seconds, answered / seconds)
         self.state.wait_for_everyone()
+        return answered, seconds
 
     @property
     def rank(self) -> int:

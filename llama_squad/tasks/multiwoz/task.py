@@ -53,17 +53,10 @@ class MultiWOZ(Task):
         metrics={"jga": ("accuracy", "Joint goal accuracy"), "slot_f1": ("f1", "Slot F1")},
     )
 
-    def build_dataset(self, args):
-        return dataset.build_dataset(args)
-
-    def score_output(self, raw_output, example):
-        return scoring.score_output(raw_output, example)
-
-    def summarize(self, results):
-        return scoring.summarize(results)
-
-    def constraint_of(self, example, mode):
-        return prompts.constraint_of(example, mode)
+    build_dataset = staticmethod(dataset.build_dataset)
+    score_output = staticmethod(scoring.score_output)
+    summarize = staticmethod(scoring.summarize)
+    constraint_of = staticmethod(prompts.constraint_of)
 
     def questions(self, options) -> dict:
         """The slot questions the chat asks (as the dataset asks them), by slot name."""

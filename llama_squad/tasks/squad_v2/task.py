@@ -39,17 +39,10 @@ class SquadV2(Task):
         },
     )
 
-    def build_dataset(self, args):
-        return dataset.build_dataset(args)
-
-    def score_output(self, raw_output, example):
-        return scoring.score_output(raw_output, example)
-
-    def summarize(self, results):
-        return scoring.summarize(results)
-
-    def constraint_of(self, example, mode):
-        return prompts.constraint_of(example, mode)
+    build_dataset = staticmethod(dataset.build_dataset)
+    score_output = staticmethod(scoring.score_output)
+    summarize = staticmethod(scoring.summarize)
+    constraint_of = staticmethod(prompts.constraint_of)
 
     def chat_form(self, options) -> ChatForm:
         return ChatForm(
