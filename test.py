@@ -17,6 +17,7 @@ import contextlib
 import logging
 import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from llama_squad.cli import exit_code_of, parse_dataclasses, setup_logging
 from llama_squad.config import ModelLoadingArguments
@@ -57,10 +58,36 @@ class TestArguments:
         default=False,
         metadata={"help": "Discard the results already in output_dir (made with other settings) and start again."},
     )
+    no_answer_threshold: float | None = field(
+        default=None,
+        metadata={
+            "help": "Abstain where the no-answer probability is above this threshold, answer where it is not (the "
+            "scores under it go beside the greedy ones in metrics.json)."
+        },
+    )
+    calibrate_on: str | None = field(
+        default=None,
+        metadata={
+            "help": "Choose the no-answer threshold on this split (e.g. validation: answered with the same settings "
+            "into OUTPUT_DIR/calibration) by the official search for the best F1, and apply it to --split."
+        },
+    )
 
     def problems(self) -> list[str]:
         """What is wrong with these options, one line per option (empty when they are fine)."""
         problems = []
+        threshold = self.no_answer_threshold
+        if threshold is not None and not 0 <= threshold <= 1:
+            problems.append(f"--no_answer_threshold {threshold}: give a probability in [0, 1] (e.g. 0.5)")
+        if threshold is not None and self.calibrate_on:
+            problems.append(
+                "--no_answer_threshold and --calibrate_on: give one (a threshold, or a split to choose it)"
+            )
+        if self.calibrate_on and self.calibrate_on == self.split:
+            problems.append(
+                f"--calibrate_on {self.calibrate_on}: the threshold is never chosen on the split it is tested on "
+                "(the oracle ceiling in metrics.json is that); calibrate on another split, e.g. validation"
+            )
         if self.limit is not None and self.limit < 1:
             problems.append(f"--limit {self.limit}: give a positive number of questions, or leave it out for all")
         if self.batch_size < 1:
@@ -83,22 +110,32 @@ def evaluate(args: TestArguments, model_args: ModelLoadingArguments, options: Ge
     from llama_squad.files import InputError
     from llama_squad.summary import constraint_label, format_table, metrics_table, run_name
 
-    # 1. Check the options, the questions, the model's and the adapter's files before loading anything heavy.
+    # 1. Check the options, the questions (and those to calibrate on), the model's and adapter's files before
+    # loading anything heavy.
     problems = args.problems() + options.problems()
     if problems:
         raise InputError("invalid options:\n  - " + "\n  - ".join(problems))
     examples = evaluation.load_examples(args.dataset_path, args.split, args.limit)
     adapters.check_for_inference(model_args, args.adapter_path, allow_mismatch=args.allow_base_mismatch)
-    settings = evaluation.run_settings(
-        examples[0]["task"], args.dataset_path, args.split, model_args, options,
-        adapter_path=args.adapter_path, merge_adapter=args.merge_adapter, seed=args.seed,
-    )  # fmt: skip
+    splits = {args.split: examples}
+    if args.calibrate_on:
+        splits[args.calibrate_on] = evaluation.load_calibration_examples(args.dataset_path, args.calibrate_on)
 
-    # 2. One process, or one of `accelerate launch`'s (torchrun's): each answers its share of the questions.
-    run = evaluation.EvaluationRun(args.output_dir, settings, examples, evaluation.process_state())
+    # 2. One process, or one of `accelerate launch`'s (torchrun's): each answers its share of the questions. The
+    # split to calibrate on is a run of its own, in OUTPUT_DIR/calibration.
+    state = evaluation.process_state()
+    runs = {}
+    for split, questions in splits.items():
+        settings = evaluation.run_settings(
+            questions[0]["task"], args.dataset_path, split, model_args, options,
+            adapter_path=args.adapter_path, merge_adapter=args.merge_adapter, seed=args.seed,
+        )  # fmt: skip
+        folder = Path(args.output_dir) / ("" if split == args.split else evaluation.CALIBRATION_DIR)
+        runs[split] = evaluation.EvaluationRun(folder, settings, questions, state)
+    run = runs[args.split]
     with contextlib.ExitStack() as stack:
         # 3. One run at a time per folder; resume only results of these settings and of this run's questions.
-        todo = run.claim(stack, args.overwrite)
+        todo = [question for r in runs.values() for question in r.claim(stack, args.overwrite)]
 
         # 4. The model (base + adapter, merged, or the embedded default), if anything is left to answer.
         answerer = None
@@ -113,15 +150,20 @@ def evaluate(args: TestArguments, model_args: ModelLoadingArguments, options: Ge
             limit=args.limit, dataset_path=args.dataset_path, model_name_or_path=model_args.model_name_or_path,
             adapter_path=args.adapter_path, batch_size=args.batch_size,
         )  # fmt: skip
-        run.start(info, overwrite=args.overwrite)
-        answered, seconds = run.answer(answerer, args.batch_size)
-        if answered:
-            logger.info("answered %d questions in %.1f s (%.2f questions/s)", answered, seconds, answered / seconds)
+        for r in runs.values():
+            r.start(info, overwrite=args.overwrite)
+            answered, seconds = r.answer(answerer, args.batch_size)
+            if answered:
+                logger.info(
+                    "answered %d questions in %.1f s (%.2f questions/s)", answered, seconds, answered / seconds
+                )
         if not run.is_main:
             return
 
-        # 6. One results.csv (the shards merged in question order), and the metrics of exactly its rows.
-        rows, metrics = run.finish()
+        # 6. One results.csv, the metrics of exactly its rows; under a no-answer threshold (given, or chosen on the
+        # calibration split) the calibrated scores and the oracle ceiling too.
+        thresholds, source = evaluation.thresholds_for(args.no_answer_threshold, runs.get(args.calibrate_on))
+        rows, metrics = run.finish(thresholds, source)
     row = {"task": rows["task"].iloc[0], "constrain": constraint_label(rows), **metrics}
     print(format_table(metrics_table({run_name(run.results_csv): row})))
     logger.info("wrote %s and %s", run.results_csv, run.output_dir / "metrics.json")

@@ -28,6 +28,9 @@ class GenerationOptions:
     # --constrain (llama_squad/constrain/): none; json: one JSON object of the task's form; extractive: also every
     # value a span of the context / dialogue or a fixed choice ("?", "dontcare", a categorical slot's values)
     constrain: str = "none"
+    # where the answer abstains ("?"), also decode the best answer that does not (the abstaining continuation taken
+    # away at the value's first token), so that a no-answer threshold can flip an abstention into an answer
+    best_answers: bool = False
 
     @property
     def shares_prefixes(self) -> bool:
@@ -75,6 +78,68 @@ class Completion:
     tokens: list[int]
     text: str
     scores: list[float] | None = None
+    value_prob: float | None = None  # with a ValueProbe: the probability it read (None: the value was not reached)
+
+
+@dataclass(frozen=True)
+class ValueProbe:
+    """What to read where a JSON answer's value begins: the first position at which the text written so far (the
+    ``written`` text the prompt prefilled, then the generated tokens) ends with ``{"<key>": "`` (spaces free). There
+    the engine records the probability of the tokens that begin the continuation ``"<value>"`` (those whose bytes are
+    a beginning of ``<value>"`` or begin with it), under the scores the token is chosen from (after ``--constrain``'s
+    mask: the mass among the tokens the grammar allows). With ``forbid`` it also takes those tokens away from the
+    choice there (the best answer that is not that value)."""
+
+    key: str = "answer"
+    value: str = "?"
+    written: str = ""
+    forbid: bool = False
+
+
+class ValueProbeProcessor:
+    """A logits processor that reads each row's :class:`ValueProbe` (greedy and sampling: one row per prompt)."""
+
+    def __init__(self, probes: list, tokenizer):
+        import re
+
+        from llama_squad.constrain.tokens import vocabulary_of
+
+        self.probes = probes
+        self.bytes_of = vocabulary_of(tokenizer).bytes_of
+        self.width: int | None = None
+        self.written = [p.written.encode("utf-8") if p else b"" for p in probes]
+        self.prob: list[float | None] = [None] * len(probes)
+        self.done = [p is None for p in probes]
+        self.opening = {
+            p.key: re.compile(rb'\{\s*"' + re.escape(p.key.encode()) + rb'"\s*:\s*"$') for p in probes if p
+        }
+        self.tokens: dict[str, torch.Tensor] = {}
+
+    def _continuation_ids(self, value: str, size: int) -> torch.Tensor:
+        target = value.encode("utf-8") + b'"'
+        if value not in self.tokens:
+            ids = [i for i, b in enumerate(self.bytes_of) if b and (target.startswith(b) or b.startswith(target))]
+            self.tokens[value] = torch.tensor(ids, dtype=torch.long)
+        return self.tokens[value][self.tokens[value] < size]
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        if self.width is None:
+            self.width = input_ids.shape[1]
+        elif input_ids.shape[1] > self.width:
+            last = input_ids[:, -1].tolist()
+            for row, token in enumerate(last):
+                if not self.done[row] and token < len(self.bytes_of):
+                    self.written[row] = (self.written[row] + (self.bytes_of[token] or b""))[-256:]
+        for row, probe in enumerate(self.probes):
+            if self.done[row] or not self.opening[probe.key].search(self.written[row]):
+                continue
+            self.done[row] = True
+            ids = self._continuation_ids(probe.value, scores.shape[1]).to(scores.device)
+            probs = torch.softmax(scores[row].float(), dim=-1)
+            self.prob[row] = float(probs[ids].sum())
+            if probe.forbid and float(probs[ids].sum()) < 1.0 - 1e-12:  # something else is allowed there
+                scores[row, ids] = float("-inf")
+        return scores
 
 
 def cache_kwarg(model) -> str:
@@ -190,10 +255,12 @@ class Generator:
         previous: TurnCache | None = None,
         keep_cache: bool = False,
         with_scores: bool = False,
+        probes: list | None = None,
     ) -> tuple[list[Completion], TurnCache | None]:
         """The :class:`Completion` of each prompt (its tokens up to the end-of-turn token), and, with ``keep_cache``,
         the cache the batch leaves (for the next turn of the same conversations). ``with_scores``: each token's
-        log-probability too (greedy and sampling).
+        log-probability too (greedy and sampling). ``probes[i]``: a :class:`ValueProbe` for prompt ``i`` (None: none;
+        greedy and sampling), read into its completion's ``value_prob``.
 
         ``prefix_lengths[i]``: how many first tokens prompt ``i`` shares with the other prompts of its group (rows with
         the same first tokens). Each distinct prefix then goes through the model once, and its keys and values are
@@ -212,13 +279,21 @@ class Generator:
                 prefixes = None  # every row must keep one token of its own to feed
         if self.streamer is not None:
             kwargs["streamer"] = self.streamer
+        processors = []
         if grammars is not None and any(g is not None for g in grammars):  # --constrain
-            from transformers import LogitsProcessorList
-
             from llama_squad.constrain import ConstrainedLogitsProcessor
 
-            processor = ConstrainedLogitsProcessor(grammars, self.options.num_beams, self.options.max_new_tokens)
-            kwargs["logits_processor"] = LogitsProcessorList([processor])
+            processors.append(
+                ConstrainedLogitsProcessor(grammars, self.options.num_beams, self.options.max_new_tokens)
+            )
+        probe = None
+        if probes is not None and any(p is not None for p in probes) and self.options.num_beams == 1:
+            probe = ValueProbeProcessor(probes, self.tokenizer)  # after the grammar: it reads what the grammar allows
+            processors.append(probe)
+        if processors:
+            from transformers import LogitsProcessorList
+
+            kwargs["logits_processor"] = LogitsProcessorList(processors)
         if previous is not None:
             input_ids, attention_mask = previous.extend(prompts, self.pad_id)
             cache = previous.cache
@@ -256,7 +331,7 @@ class Generator:
                 scores = [
                     float(torch.log_softmax(out.scores[i][row].float(), -1)[t]) for i, t in enumerate(tokens[:n])
                 ]
-            completions.append(Completion(tokens[:n], text, scores))
+            completions.append(Completion(tokens[:n], text, scores, probe.prob[row] if probe else None))
         if not keep_cache:
             return completions, None
         return completions, self.turn_cache(out, attention_mask, [len(c.tokens) for c in completions])

@@ -33,9 +33,15 @@ RESULT_COLUMNS = (
     "prompt_tokens",
     "completion_tokens",
     "constrain",  # --constrain: none | json | extractive
+    "no_answer_prob",  # where the answer's value begins, the model's probability of abstaining ("": not reached)
+    "best_answer",  # where the answer abstained (--best_answers): the best answer that does not
 )
 # Columns added after the first results files were written: such a file reads with this value in the column.
 LATER_COLUMNS = {"constrain": "none"}
+# Columns a file written before them lacks, read as absent: the figures made of them (calibrated scores) are then
+# absent too, never zero.
+OPTIONAL_COLUMNS = ("no_answer_prob", "best_answer")
+ROW_DEFAULTS = {**LATER_COLUMNS, **dict.fromkeys(OPTIONAL_COLUMNS, "")}  # what a row made without them writes
 BOOL_COLUMNS = ("valid_json", "answer_found", "has_answer", "abstained")
 FLOAT_COLUMNS = ("exact", "f1")
 INT_COLUMNS = ("prompt_tokens", "completion_tokens")
@@ -63,7 +69,7 @@ def csv_text(rows: Iterable[list]) -> str:
 
 def _to_csv_text(rows: Iterable[dict], columns: list[str], header: bool) -> str:
     def fields(row: dict) -> list:
-        row = {**LATER_COLUMNS, **row}  # rows made by older code lack the later columns
+        row = {**ROW_DEFAULTS, **row}  # rows made by older code lack the later columns
         unknown = [c for c in row if c not in columns]
         if unknown:
             raise ValueError(f"results row {row.get('id')!r} has fields {unknown} that are not columns {columns}")
@@ -277,6 +283,12 @@ def start_run(folder: str | os.PathLike, settings: dict, examples: int, info: di
     atomic_write_json(folder / RUN_RECORD, {"settings": settings, "examples": examples, **info})
 
 
+def update_run_record(folder: str | os.PathLike, **entries) -> None:
+    """Add ``entries`` to a results folder's run record (``run.json``), atomically."""
+    record = read_run_record(folder) or {}
+    atomic_write_json(Path(folder) / RUN_RECORD, {**record, **entries})
+
+
 SHARDS = "shards"  # a distributed run's per-process results files, merged into results.csv at its end
 
 
@@ -368,7 +380,7 @@ def read_results(path: str | os.PathLike) -> pd.DataFrame:
     for column, value in LATER_COLUMNS.items():
         if column not in df.columns:
             df[column] = value
-    missing = [c for c in RESULT_COLUMNS if c not in df.columns]
+    missing = [c for c in RESULT_COLUMNS if c not in df.columns and c not in OPTIONAL_COLUMNS]
     if missing:
         raise InputError(
             f"{path}: missing result columns {missing} (it has {list(df.columns)}); "
@@ -386,6 +398,16 @@ def read_results(path: str | os.PathLike) -> pd.DataFrame:
             row = int(values.isna().idxmax())
             raise InputError(f"{path}: column {column!r} must be numeric; line {row + 2} has {df[column][row]!r}")
         df[column] = values
+    if "no_answer_prob" in df.columns:  # empty where the answer's value was never reached: NaN
+        probs = pd.to_numeric(df["no_answer_prob"], errors="coerce")
+        bad = (probs.isna() & (df["no_answer_prob"] != "")) | (probs < 0) | (probs > 1)
+        if bad.any():
+            row = int(bad.idxmax())
+            raise InputError(
+                f"{path}: column 'no_answer_prob' must be a probability in [0, 1] or empty; line {row + 2} has "
+                f"{df['no_answer_prob'][row]!r}: fix that line, or re-run test.py"
+            )
+        df["no_answer_prob"] = probs
     answers = []
     for row, text in enumerate(df["answers"]):
         try:

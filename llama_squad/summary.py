@@ -60,7 +60,27 @@ def summarize_files(paths: list[str]) -> pd.DataFrame:
             logger.warning("%s: %s questions answered: the run has not finished; resume it with test.py", path, status)
         runs[name] = {"task": results["task"].iloc[0], "constrain": constraint_label(results), "status": status}
         runs[name].update(summarize(results))
+        runs[name].update(calibrated_columns(path, results))
     return metrics_table(runs)
+
+
+def calibrated_columns(path: str | os.PathLike, results: pd.DataFrame) -> dict:
+    """Beside the greedy scores: those under the run's no-answer threshold (recorded in its run.json by test.py
+    --no_answer_threshold or --calibrate_on: ``calibrated_*``) and under the best threshold on these very rows
+    (``oracle_*``, a ceiling). Absent, not zero, for rows without no-answer probabilities (older results files)."""
+    from llama_squad.evaluation import calibration
+    from llama_squad.tasks import get_task
+
+    if not calibration.has_probabilities(results):
+        return {}
+    task = get_task(results["task"].iloc[0])
+    folder = Path(path) if Path(path).is_dir() else Path(path).parent
+    record = read_run_record(folder) or {}
+    thresholds = (record.get("calibration") or {}).get("threshold")
+    if thresholds is None:
+        oracle = calibration.choose_thresholds(task, results)
+        return calibration.calibrated_metrics(task, results, oracle, calibration.ORACLE)
+    return calibration.summarize_calibration(task, results, thresholds, record["calibration"].get("source"))
 
 
 def format_table(table: pd.DataFrame, fmt: str = "markdown") -> str:

@@ -11,10 +11,17 @@ from llama_squad.evaluation.answering import ANSWER_PREFIX, Answerer, Conversati
 from llama_squad.evaluation.batching import batches_by_length, batches_of_groups, prefix_groups
 from llama_squad.evaluation.examples import dataset_fingerprint, load_examples, run_settings, share
 from llama_squad.evaluation.pipeline import answer_examples, results_rows, save_metrics, warn_beyond_context
-from llama_squad.evaluation.runs import EvaluationRun, process_state
+from llama_squad.evaluation.runs import (
+    CALIBRATION_DIR,
+    EvaluationRun,
+    load_calibration_examples,
+    process_state,
+    thresholds_for,
+)
 
 __all__ = [
     "ANSWER_PREFIX", "Answerer", "Conversation", "load_answerer", "start_conversation", "batches_by_length",
     "batches_of_groups", "prefix_groups", "dataset_fingerprint", "load_examples", "run_settings", "share",
     "answer_examples", "results_rows", "save_metrics", "warn_beyond_context", "EvaluationRun", "process_state",
+    "CALIBRATION_DIR", "load_calibration_examples", "thresholds_for",
 ]  # fmt: skip

@@ -5,6 +5,7 @@ import math
 import time
 from pathlib import Path
 
+from llama_squad.answers import parse_json_answer
 from llama_squad.evaluation.answering import Answerer, Conversation, start_conversation
 from llama_squad.evaluation.batching import batches_by_length, batches_of_groups, prefix_groups
 from llama_squad.generation import Generator
@@ -19,6 +20,11 @@ def results_rows(task, conversation: Conversation, constrain: str = "none") -> l
     ``--constrain`` mode it was generated with."""
     example = conversation.example
     raw = conversation.outputs[-1]
+    probe = task.value_probe(example)
+    best = ""
+    if conversation.best_output is not None and probe is not None:
+        best = parse_json_answer(conversation.best_output, probe[0]).answer or ""
+    prob = conversation.no_answer_prob
     rows = []
     for scored in task.score_output(raw, example):
         row = {
@@ -31,6 +37,8 @@ def results_rows(task, conversation: Conversation, constrain: str = "none") -> l
             "prompt_tokens": conversation.prompt_tokens,
             "completion_tokens": conversation.completion_tokens,
             "constrain": constrain,
+            "no_answer_prob": "" if prob is None else round(prob, 6),
+            "best_answer": best,
         }
         row.update({k: example[k] for k in task.extra_result_columns if k in example})
         row.update(scored)

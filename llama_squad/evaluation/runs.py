@@ -13,6 +13,8 @@ from llama_squad.tasks import get_task
 
 logger = logging.getLogger(__name__)
 
+CALIBRATION_DIR = "calibration"  # OUTPUT_DIR/calibration: the run on the split that chooses the no-answer threshold
+
 
 def process_state():
     """This process's place among ``accelerate launch``'s (torchrun's) processes, or the one process (accelerate's
@@ -84,12 +86,67 @@ class EvaluationRun:
     def rank(self) -> int:
         return self.state.process_index
 
-    def finish(self):
-        """(Main process.) One results.csv (the shards merged in question order), and ``metrics.json`` of exactly its
-        rows, recording the task; returns (rows, metrics)."""
+    def rows(self):
+        """(Main process.) One results.csv (the shards merged in question order), read back."""
         if self.state.num_processes > 1 or results.run_files(self.output_dir) != [self.results_csv]:
             results.merge_shards(self.output_dir, self.columns, [str(ex["id"]) for ex in self.examples])
-        rows = results.read_results(self.results_csv)
-        metrics = results.summarize(rows)
-        save_metrics({"task": self.task.name, **metrics}, self.output_dir / "metrics.json")  # export checks it
+        return results.read_results(self.results_csv)
+
+    def finish(self, thresholds=None, source: str | None = None):
+        """(Main process.) The rows (:meth:`rows`) and ``metrics.json`` of exactly them, recording the task; with
+        ``thresholds`` (a no-answer threshold, or one per group, and where it came from: ``source``) also the scores
+        under it and the oracle ceiling (``llama_squad.evaluation.calibration``), recorded in run.json too. Writes the
+        official SQuAD v2 script's files beside results.csv where the rows carry no-answer probabilities. Returns
+        (rows, metrics)."""
+        from llama_squad.evaluation import calibration
+
+        rows = self.rows()
+        metrics = {"task": self.task.name, **results.summarize(rows)}  # the task: export checks it
+        if thresholds is not None:
+            calibration.require_probabilities(rows, str(self.results_csv))
+            metrics.update(calibration.summarize_calibration(self.task, rows, thresholds, source))
+            results.update_run_record(
+                self.output_dir, calibration={"threshold": metrics["no_answer_threshold"], "source": source}
+            )
+        if calibration.has_probabilities(rows):
+            calibration.write_field_files(rows, self.output_dir)
+        save_metrics(metrics, self.output_dir / "metrics.json")
         return rows, metrics
+
+
+def load_calibration_examples(dataset_path: str, split: str) -> list[dict]:
+    """The questions of the split a no-answer threshold is chosen on (``--calibrate_on``), checked to hold gold
+    answers (a split without labels reads as every question unanswerable: no threshold can be chosen there)."""
+    from llama_squad.evaluation.examples import load_examples
+    from llama_squad.files import InputError
+
+    examples = load_examples(dataset_path, split, None)
+    if not any(len(ex["answers"]) for ex in examples):
+        raise InputError(
+            f"--calibrate_on {split}: no question of {dataset_path}'s {split} split has a gold answer, so no "
+            "threshold can be chosen there; calibrate on a split with gold answers, or give one with "
+            "--no_answer_threshold"
+        )
+    return examples
+
+
+def thresholds_for(given: float | None, calibration: "EvaluationRun | None"):
+    """(Main process.) The no-answer threshold(s) to apply and where they came from: ``given``
+    (``--no_answer_threshold``), or chosen on the rows of the ``calibration`` run (``--calibrate_on``, recorded in
+    its folder's ``calibration.json``); (None, None) for neither."""
+    from llama_squad.evaluation import calibration as cal
+    from llama_squad.files import atomic_write_json
+
+    if given is not None:
+        return given, "--no_answer_threshold"
+    if calibration is None:
+        return None, None
+    rows = calibration.rows()
+    cal.check_threshold_source(calibration.task, rows, str(calibration.results_csv))
+    thresholds = cal.choose_thresholds(calibration.task, rows)
+    source = f"{calibration.settings['dataset']['split']} split ({len(rows)} rows, {calibration.output_dir})"
+    calibrated = cal.calibrated_metrics(calibration.task, rows, thresholds, cal.CALIBRATED)
+    record = {"threshold": thresholds, "source": source, **results.summarize(rows), **calibrated}
+    atomic_write_json(calibration.output_dir / "calibration.json", record)
+    logger.info("no-answer threshold chosen on %s: %s", source, thresholds)
+    return thresholds, source

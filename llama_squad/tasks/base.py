@@ -49,6 +49,8 @@ class Task:
     extra_result_columns: tuple[str, ...] = ()  # the task's columns of a results row beyond results.RESULT_COLUMNS
     headline_metrics: tuple[str, ...] = ()
     signature_metric: str = ""  # a metrics.json key of this task alone (tells the task of an older metrics.json)
+    threshold_metric: str = "f1"  # the row score a no-answer threshold maximizes (llama_squad.evaluation.calibration)
+    threshold_group: str | None = None  # a results column: one threshold per value of it (None: one threshold)
     card: CardInfo
 
     def build_dataset(self, args):
@@ -67,6 +69,13 @@ class Task:
         """What ``--constrain mode`` lets the model answer to ``example`` (a
         :class:`llama_squad.constrain.AnswerSpec`), None for anything."""
         return None
+
+    def value_probe(self, example: dict) -> tuple[str, str] | None:
+        """Where the value of the answer to ``example`` begins and which value abstains: (JSON key, value), read by
+        the engine for the row's ``no_answer_prob``; None where the answer has no such single value."""
+        from llama_squad.answers import NO_ANSWER
+
+        return ("answer", NO_ANSWER)
 
     def chat_form(self, options) -> ChatForm:
         """How the chat asks this task's questions; ``options``: the chat's options (``ChatArguments``)."""

@@ -46,6 +46,8 @@ class MultiWOZ(Task):
     extra_result_columns = scoring.EXTRA_RESULT_COLUMNS
     headline_metrics = ("valid_json", "jga", "jga_fuzzy", "slot_accuracy", "slot_f1")
     signature_metric = "jga"
+    threshold_metric = "exact"  # slot accuracy, strict
+    threshold_group = "slot"  # one no-answer threshold per slot
     card = CardInfo(
         task_type="text-generation",
         task_name="Dialogue state tracking",
@@ -57,6 +59,11 @@ class MultiWOZ(Task):
     score_output = staticmethod(scoring.score_output)
     summarize = staticmethod(scoring.summarize)
     constraint_of = staticmethod(prompts.constraint_of)
+
+    def value_probe(self, example):
+        """A slot question's value (``{"answer": "?"}`` abstains); a domain question answers several slots in one
+        object: none."""
+        return None if example.get("slots") else ("answer", NO_ANSWER)
 
     def questions(self, options) -> dict:
         """The slot questions the chat asks (as the dataset asks them), by slot name."""
