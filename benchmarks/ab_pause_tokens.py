@@ -19,78 +19,43 @@ create_dataset.py; only --pause_tokens and --pause_position differ. Prints EM/F1
 valid JSON per arm, and writes them (and the commands) to --json_out.
 """
 
-import argparse
 import json
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from common import DEV, REPO, TEST_ARTICLES, missing_data, print_header, write_json
+from common import DEV, missing_data
+from common.options import add_adapter_options, add_run_options, benchmark_parser
+from common.report import print_table, write_json
+from common.scripts import create_dataset_argv, run_script, train_argv
 
 METRICS = ("exact", "f1", "HasAns_exact", "HasAns_f1", "NoAns_exact", "valid_json", "total")
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="embedded", help="model_name_or_path of every arm")
+    parser = benchmark_parser(__doc__)
+    add_adapter_options(parser, "model_name_or_path of every arm", 1000, "seeded sample of the train split; 0: all")
     parser.add_argument("--config", default=None, help="a train.py recipe for every arm (its options, then ours)")
     parser.add_argument("--hub_dataset", default=None, help="SQuAD v2 from the Hub instead of the dev-split protocol")
-    parser.add_argument("--train_questions", type=int, default=1000, help="seeded sample of the train split; 0: all")
     parser.add_argument("--test_questions", type=int, default=300, help="the first N test questions; 0: all")
     parser.add_argument("--pause_tokens", type=int, default=8, help="N of the pause arms")
     parser.add_argument("--positions", nargs="+", default=["assistant", "user"], help="pause arms to run")
-    parser.add_argument("--epochs", type=float, default=1.0)
-    parser.add_argument("--max_steps", type=int, default=-1, help="instead of --epochs (quick checks)")
     parser.add_argument("--batch_size", type=int, default=8, help="examples per micro-batch")
     parser.add_argument(
         "--gradient_accumulation_steps", type=int, default=1, help="micro-batches per step (less memory per step)"
     )
-    parser.add_argument("--learning_rate", type=float, default=5e-4)
-    parser.add_argument("--lora_r", type=int, default=16)
     parser.add_argument("--max_length", type=int, default=1024)
     parser.add_argument("--eval_batch_size", type=int, default=16)
-    parser.add_argument("--seed", type=int, default=42)
-    parser.add_argument("--work_dir", default=None, help="keep the data, adapters and results here (default: temp)")
-    parser.add_argument("--json_out", default=None)
+    add_run_options(parser, seed=42)
     return parser.parse_args(argv)
 
 
-def run(argv: list[str]) -> float:
-    """Run a script of the repository in a fresh process; the seconds it took."""
-    start = time.perf_counter()
-    print("$", " ".join(argv), file=sys.stderr, flush=True)
-    subprocess.run([sys.executable, *argv], check=True, cwd=REPO)
-    return time.perf_counter() - start
-
-
-def build_data(args, data_dir: Path) -> list[str]:
-    argv = ["create_dataset.py", "--task", "squad_v2", "--output_dir", str(data_dir), "--seed", str(args.seed)]
-    if args.hub_dataset:
-        argv += ["--hub_dataset", args.hub_dataset]
-    else:
-        argv += ["--train_file", str(DEV), "--test_articles", TEST_ARTICLES]
-    run(argv)
-    return argv
-
-
-def train_argv(args, data_dir: Path, out: Path, pause_tokens: int, position: str) -> list[str]:
-    argv = ["train.py"] + (["--config", args.config] if args.config else [])
-    argv += [
-        "--model_name_or_path", args.model, "--dataset_path", str(data_dir), "--output_dir", str(out),
-        "--pause_tokens", str(pause_tokens), "--pause_position", position, "--seed", str(args.seed),
-        "--num_train_epochs", str(args.epochs), "--max_steps", str(args.max_steps),
-        "--per_device_train_batch_size", str(args.batch_size),
-        "--gradient_accumulation_steps", str(args.gradient_accumulation_steps),
-        "--learning_rate", str(args.learning_rate),
-        "--lora_r", str(args.lora_r), "--lora_alpha", str(2 * args.lora_r), "--max_length", str(args.max_length),
-        "--eval_strategy", "no", "--save_strategy", "no", "--merge", "false", "--report_to", "none",
-        "--resume_from_checkpoint", "no", "--logging_steps", "10", "--max_eval_examples", "0",
-    ]  # fmt: skip
-    if args.train_questions:
-        argv += ["--max_train_examples", str(args.train_questions)]
-    return argv
+def pause_train_argv(args, data_dir: Path, out: Path, pause_tokens: int, position: str) -> list[str]:
+    """train.py for one arm: the adapter options, the arm's pause tokens, and --config first if given."""
+    argv = train_argv(args, data_dir, out, args.batch_size, args.gradient_accumulation_steps)
+    argv += ["--pause_tokens", str(pause_tokens), "--pause_position", position, "--max_length", str(args.max_length)]
+    return argv[:1] + (["--config", args.config] if args.config else []) + argv[1:]
 
 
 def test_argv(args, data_dir: Path, out: Path) -> list[str]:
@@ -111,14 +76,17 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(args.work_dir) if args.work_dir else Path(tmp)
         data_dir = work / "data"
-        data_command = build_data(args, data_dir) if not (data_dir / "dataset_dict.json").exists() else None
+        data_command = None
+        if not (data_dir / "dataset_dict.json").exists():
+            data_command = create_dataset_argv(data_dir, args.seed, args.hub_dataset)
+            run_script(data_command)
         rows = []
         for name, count, position in arms:
             out = work / f"pause{count}-{position}"
-            train_command = train_argv(args, data_dir, out, count, position)
-            train_s = run(train_command)
+            train_command = pause_train_argv(args, data_dir, out, count, position)
+            train_s = run_script(train_command)
             test_command = test_argv(args, data_dir, out)
-            test_s = run(test_command)
+            test_s = run_script(test_command)
             metrics = json.loads((out / "eval" / "metrics.json").read_text(encoding="utf-8"))
             state = json.loads((out / "trainer_state.json").read_text(encoding="utf-8"))
             losses = [e["loss"] for e in state["log_history"] if "loss" in e]
@@ -144,16 +112,14 @@ def main(argv=None) -> int:
         f"lr {args.learning_rate}, LoRA r={args.lora_r}, seed {args.seed}; "
         f"{args.test_questions or 'all'} test questions"
     )
-    header = f"{'arm':<26} {'steps':>5} {'loss':>6} {'EM':>6} {'F1':>6} {'HasAns EM':>9} {'HasAns F1':>9} "
-    header += f"{'NoAns EM':>8} {'valid JSON':>10}"
-    print_header(header)
-    for r in rows:
-        m = r["metrics"]
-        loss = f"{r['final_train_loss']:.3f}" if r["final_train_loss"] is not None else "n/a"
-        print(
-            f"{r['arm']:<26} {r['steps']:>5} {loss:>6} {m['exact']:>6.1f} {m['f1']:>6.1f} {m['HasAns_exact']:>9.1f} "
-            f"{m['HasAns_f1']:>9.1f} {m['NoAns_exact']:>8.1f} {m['valid_json']:>10.1f}"
-        )
+    columns = [("arm", "<26"), ("steps", ">5"), ("loss", ">6.3f"), ("EM", ">6.1f"), ("F1", ">6.1f"),
+               ("HasAns EM", ">9.1f"), ("HasAns F1", ">9.1f"), ("NoAns EM", ">8.1f"),
+               ("valid JSON", ">10.1f")]  # fmt: skip
+    print_table(columns, [
+        [r["arm"], r["steps"], r["final_train_loss"],
+         *(r["metrics"][k] for k in ("exact", "f1", "HasAns_exact", "HasAns_f1", "NoAns_exact", "valid_json"))]
+        for r in rows
+    ])  # fmt: skip
     print(f"wall time {time.perf_counter() - start:.0f} s")
     if args.json_out:
         write_json(args.json_out, {"args": vars(args), "data_command": data_command, "arms": rows})

@@ -11,7 +11,7 @@ HasAns/NoAns split, questions/s and its ratio against `none` of the same model.
     python benchmarks/bench_constrained.py --questions 16 --train_questions 32 --max_steps 2
 
 Questions: the dev-split protocol's test split (articles 25-34 of dev-v2.0.json), shuffled with --seed as
-benchmarks/bench_eval.py shuffles it, the first --questions. Each setting is test.py's ``run_generation`` with
+benchmarks/bench_eval.py shuffles it, the first --questions. Each setting is test.py's ``answer_examples`` with
 ``--constrain MODE`` (greedy, --max_new_tokens, --batch_size) after a warm-up; the model is loaded once per model
 and only the mode changes. The modes are interleaved chunk by chunk (--chunk_batches batches of questions each), so
 that a busy machine slows every mode alike: each mode's time is the sum of its chunks. The benchmark checks what
@@ -19,27 +19,20 @@ that a busy machine slows every mode alike: each mode's time is the sum of its c
 question's context; a violation fails the run.
 """
 
-import argparse
 import json
-import subprocess
 import sys
 import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
 
-from common import (
-    DEV,
-    REPO,
-    TEST_ARTICLES,
-    device_name,
-    load_average,
-    load_questions,
-    missing_data,
-    print_header,
-    warm_up,
-    write_json,
-)
+from common import DEV, missing_data
+from common.data import load_questions
+from common.machine import device_name, load_average
+from common.options import add_adapter_options, add_generation_options, add_run_options, benchmark_parser
+from common.report import print_table, ratio, write_json
+from common.scripts import create_dataset_argv, run_script, train_argv
+from common.timing import arm_order, warm_up
 
 MODES = ("none", "json", "extractive")
 THROUGHPUT_GOAL = 0.7  # constrained q/s at least this fraction of `none`'s
@@ -47,49 +40,26 @@ REPORTED = ("valid_json", "exact", "f1", "HasAns_exact", "HasAns_f1", "NoAns_exa
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="embedded", help="model_name_or_path (default: SmolLM2-135M-Instruct)")
+    parser = benchmark_parser(__doc__)
     parser.add_argument("--adapter", default=None, help="a trained adapter folder; default: train one first")
     parser.add_argument("--questions", type=int, default=300, help="test questions answered by every setting")
-    parser.add_argument("--batch_size", type=int, default=16)
-    parser.add_argument("--max_new_tokens", type=int, default=48)
     parser.add_argument("--chunk_batches", type=int, default=2, help="batches per chunk of the interleaving")
     parser.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
-    parser.add_argument("--train_questions", type=int, default=200, help="the adapter's training questions")
-    parser.add_argument("--epochs", type=float, default=1.0)
-    parser.add_argument("--max_steps", type=int, default=-1, help="instead of --epochs (quick checks)")
-    parser.add_argument("--learning_rate", type=float, default=5e-4)
-    parser.add_argument("--lora_r", type=int, default=16)
-    parser.add_argument("--seed", type=int, default=42)
-    parser.add_argument("--work_dir", default=None, help="keep the data, adapter and results here (default: temp)")
-    parser.add_argument("--json_out", default=None)
+    add_generation_options(parser, batch_size=16, max_new_tokens=48)
+    add_adapter_options(
+        parser, "model_name_or_path (default: SmolLM2-135M-Instruct)", 200, "the adapter's training questions"
+    )
+    add_run_options(parser, seed=42)
     return parser.parse_args(argv)
 
 
 def train_adapter(args, work: Path) -> tuple[Path, list[str]]:
     """Build the dev-split dataset and train a LoRA adapter on it with the real scripts; (its folder, commands)."""
     data, out = work / "data", work / "adapter"
-    commands = []
-    if not (data / "dataset_dict.json").exists():
-        commands.append(
-            ["create_dataset.py", "--task", "squad_v2", "--train_file", str(DEV), "--test_articles", TEST_ARTICLES]
-            + ["--output_dir", str(data), "--seed", str(args.seed)]
-        )
-    commands.append(
-        [
-            "train.py", "--model_name_or_path", args.model, "--dataset_path", str(data), "--output_dir", str(out),
-            "--max_train_examples", str(args.train_questions), "--num_train_epochs", str(args.epochs),
-            "--max_steps", str(args.max_steps), "--per_device_train_batch_size", "4",
-            "--gradient_accumulation_steps", "2",
-            "--learning_rate", str(args.learning_rate), "--lora_r", str(args.lora_r),
-            "--lora_alpha", str(2 * args.lora_r), "--seed", str(args.seed), "--eval_strategy", "no",
-            "--save_strategy", "no", "--merge", "false", "--report_to", "none", "--resume_from_checkpoint", "no",
-            "--max_eval_examples", "0", "--logging_steps", "10",
-        ]
-    )  # fmt: skip
+    commands = [] if (data / "dataset_dict.json").exists() else [create_dataset_argv(data, args.seed)]
+    commands.append(train_argv(args, data, out, batch_size=4, accumulation=2))
     for argv in commands:
-        print("$", " ".join(argv), file=sys.stderr, flush=True)
-        subprocess.run([sys.executable, *argv], check=True, cwd=REPO)
+        run_script(argv)
     return out, [" ".join(argv) for argv in commands]
 
 
@@ -125,8 +95,7 @@ def measure_model(label: str, answerer, questions: list[dict], args, folder: Pat
     seconds = dict.fromkeys(args.modes, 0.0)
     chunk = args.batch_size * args.chunk_batches
     for k, end in enumerate(range(chunk, len(questions) + chunk, chunk)):
-        modes = args.modes[k % len(args.modes) :] + args.modes[: k % len(args.modes)]
-        for mode in modes:
+        for mode in arm_order(args.modes, k):
             engine.options = replace(base_options, constrain=mode)
             start = time.perf_counter()
             # resumable: each call answers the chunk's questions not yet in this mode's file
@@ -159,22 +128,8 @@ def measure_model(label: str, answerer, questions: list[dict], args, folder: Pat
         )
     by_mode = {r["constrain"]: r for r in rows}
     for r in rows:
-        r["throughput_vs_none"] = r["q_per_s"] / by_mode["none"]["q_per_s"] if "none" in by_mode else None
+        r["throughput_vs_none"] = ratio(r, by_mode["none"], "q_per_s") if "none" in by_mode else None
     return rows
-
-
-def print_table(rows: list[dict]) -> None:
-    header = (
-        f"{'model':<10} {'constrain':<10} {'valid JSON':>10} {'EM':>6} {'F1':>6} {'HasAns EM':>9} {'NoAns EM':>8} "
-        f"{'q/s':>6} {'vs none':>7}"
-    )
-    print_header(header)
-    for r in rows:
-        ratio = f"{r['throughput_vs_none']:.2f}x" if r["throughput_vs_none"] is not None else "n/a"
-        print(
-            f"{r['model']:<10} {r['constrain']:<10} {r['valid_json']:>10.1f} {r['exact']:>6.1f} {r['f1']:>6.1f} "
-            f"{r['HasAns_exact']:>9.1f} {r['NoAns_exact']:>8.1f} {r['q_per_s']:>6.2f} {ratio:>7}"
-        )
 
 
 def main(argv=None) -> int:
@@ -210,7 +165,13 @@ def main(argv=None) -> int:
         f"{split_size:,} dev-split test questions; batch {args.batch_size}, greedy, max_new_tokens "
         f"{args.max_new_tokens}; adapter {args.adapter or f'trained on {args.train_questions} questions'}"
     )
-    print_table(rows)
+    columns = [("model", "<10"), ("constrain", "<10"), ("valid JSON", ">10.1f"), ("EM", ">6.1f"), ("F1", ">6.1f"),
+               ("HasAns EM", ">9.1f"), ("NoAns EM", ">8.1f"), ("q/s", ">6.2f"), ("vs none", ">7")]  # fmt: skip
+    print_table(columns, [
+        [r["model"], r["constrain"], r["valid_json"], r["exact"], r["f1"], r["HasAns_exact"], r["NoAns_exact"],
+         r["q_per_s"], "n/a" if r["throughput_vs_none"] is None else f"{r['throughput_vs_none']:.2f}x"]
+        for r in rows
+    ])  # fmt: skip
     slow = [r for r in rows if r["throughput_vs_none"] is not None and r["throughput_vs_none"] < THROUGHPUT_GOAL]
     print(f"throughput goal >= {THROUGHPUT_GOAL}x of none: {'missed by ' + str(len(slow)) if slow else 'met'}")
     print(f"wall time {time.perf_counter() - start:.0f} s")

@@ -10,7 +10,6 @@ A library that is not installed is reported as such. Extractive constraints are 
 JSON schemas; as a regex, the alternation of a context's spans is printed to show its size.
 """
 
-import argparse
 import json
 import random
 import sys
@@ -18,6 +17,8 @@ import time
 from pathlib import Path
 
 from common import DEV
+from common.options import add_generation_options, benchmark_parser
+from common.report import print_table
 
 
 def squad_examples(path: Path, n: int, seed: int) -> list[dict]:
@@ -87,13 +88,12 @@ def library_processors(model, tokenizer, stop_ids):
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = benchmark_parser(__doc__)
     parser.add_argument("--squad_file", default=str(DEV))
     parser.add_argument("--model_name_or_path", default="embedded")
     parser.add_argument("--questions", type=int, default=64)
-    parser.add_argument("--batch_size", type=int, default=16)
-    parser.add_argument("--max_new_tokens", type=int, default=32)
-    parser.add_argument("--seed", type=int, default=0)
+    add_generation_options(parser, batch_size=16, max_new_tokens=32)
+    parser.add_argument("--seed", type=int, default=0, help="draws the questions")
     args = parser.parse_args(argv)
 
     import torch
@@ -164,11 +164,13 @@ def main(argv=None) -> int:
     base = rows["none"][0]
     print(f"\n{len(examples)} SQuAD v2 dev questions, batches of {args.batch_size}, greedy, max_new_tokens "
           f"{args.max_new_tokens}, {args.model_name_or_path}, {torch.get_num_threads()} CPU threads")  # fmt: skip
-    print(f"{'engine':22} {'s/question':>10} {'overhead s/q':>12} {'ratio':>6} {'valid_json':>10} {'exact':>6} steps")
-    for name, (seconds, valid, exact, steps) in rows.items():
-        n = len(examples)
-        print(f"{name:22} {seconds / n:10.3f} {(seconds - base) / n:12.3f} {seconds / base:6.2f} "
-              f"{100 * valid / n:9.1f}% {100 * exact / n:5.1f}% {steps}")  # fmt: skip
+    n = len(examples)
+    columns = [("engine", "<22"), ("s/question", ">10.3f"), ("overhead s/q", ">12.3f"), ("ratio", ">6.2f"),
+               ("valid_json", ">10.1%"), ("exact", ">6.1%"), ("steps", "")]  # fmt: skip
+    print_table(columns, [
+        [name, seconds / n, (seconds - base) / n, seconds / base, valid / n, exact / n, steps]
+        for name, (seconds, valid, exact, steps) in rows.items()
+    ], rule=False)  # fmt: skip
 
     context = examples[0]["context"]
     spans = {context[i:j] for i in range(len(context)) for j in range(i + 1, len(context) + 1)}

@@ -6,20 +6,22 @@ Baseline, in the same run: the usual datasets recipe (flat rows → Dataset.map 
 as the original llama-squad did), on the same questions with the same prompts. Prints seconds and the ratio.
 """
 
-import argparse
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-from common import DEV, dev_split, missing_data
+from common import DEV, missing_data
+from common.data import dev_split
+from common.options import benchmark_parser
+from common.report import quiet
+from common.timing import best_time
 
 
 def ours(tmp: Path) -> int:
     from llama_squad.files import atomic_path
 
     dataset = dev_split()
-    with atomic_path(tmp / "ours", is_dir=True) as out:
+    with atomic_path(Path(tempfile.mkdtemp(dir=tmp)) / "ours", is_dir=True) as out:
         dataset.save_to_disk(str(out))
     return sum(len(s) for s in dataset.values())
 
@@ -47,34 +49,20 @@ def baseline(tmp: Path) -> int:
         return {"prompt": prompt, "completion": completion}
 
     dataset = Dataset.from_list(rows).map(fmt)
-    dataset.save_to_disk(str(tmp / "baseline"))
+    dataset.save_to_disk(str(Path(tempfile.mkdtemp(dir=tmp)) / "baseline"))
     return len(dataset)
 
 
-def timed(fn, repeats: int) -> tuple[float, int]:
-    times, n = [], 0
-    for _ in range(repeats):
-        with tempfile.TemporaryDirectory() as tmp:
-            start = time.perf_counter()
-            n = fn(Path(tmp))
-            times.append(time.perf_counter() - start)
-    return min(times), n
-
-
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = benchmark_parser(__doc__)
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     if missing_data(DEV):
         return 1
-    import logging
-
-    logging.disable(logging.WARNING)
-    from datasets.utils.logging import disable_progress_bar
-
-    disable_progress_bar()
-    base_s, base_n = timed(baseline, args.repeats)
-    ours_s, ours_n = timed(ours, args.repeats)
+    quiet()
+    with tempfile.TemporaryDirectory() as tmp:  # each run writes its dataset to a new folder in it
+        base_s, base_n = best_time(baseline, args.repeats, Path(tmp))
+        ours_s, ours_n = best_time(ours, args.repeats, Path(tmp))
     print(f"questions                 {ours_n} (baseline {base_n})")
     print(f"baseline (Dataset.map)    {base_s:6.2f} s  {base_n / base_s:8.0f} questions/s")
     print(f"create_dataset (ours)     {ours_s:6.2f} s  {ours_n / ours_s:8.0f} questions/s  (goal < 10 s)")

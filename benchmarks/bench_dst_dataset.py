@@ -10,12 +10,14 @@ also timed on all 1,000. Ours measures each utterance once per dialogue and each
 turn costs a prefix-sum lookup per slot; only examples within a few tokens of the budget are counted exactly.
 """
 
-import argparse
-import resource
 import sys
 import tempfile
 
-from common import MULTIWOZ21, SMOLLM2, best_time, missing_data
+from common import MULTIWOZ21, SMOLLM2, missing_data
+from common.machine import PeakMemory
+from common.options import benchmark_parser
+from common.report import quiet
+from common.timing import best_time
 
 TEST = MULTIWOZ21 / "test.json.zip"
 
@@ -59,7 +61,7 @@ def baseline(dialogues, questions, counter, max_length: int):
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = benchmark_parser(__doc__)
     parser.add_argument("--max_length", type=int, default=1024)
     parser.add_argument("--baseline_dialogues", type=int, default=100)
     parser.add_argument("--repeats", type=int, default=1)
@@ -67,12 +69,7 @@ def main() -> int:
     args = parser.parse_args()
     if missing_data(TEST):
         return 1
-    import logging
-
-    logging.disable(logging.WARNING)
-    from datasets.utils.logging import disable_progress_bar
-
-    disable_progress_bar()
+    quiet()
     from llama_squad.tasks.multiwoz import default_slots, load_token_counter, make_questions, read_dialogues
 
     counter = load_token_counter(args.tokenizer)
@@ -96,8 +93,7 @@ def main() -> int:
     print(f"  baseline (re-tokenize each)  {base_s:6.2f} s  {len(base) / base_s:8.0f} questions/s")
     print(f"  ours                         {sub_s:6.2f} s  {len(sub) / sub_s:8.0f} questions/s")
     print(f"  speed-up                     {base_s / sub_s:6.1f}x  (best of {args.repeats})")
-    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(f"peak memory of this process    {peak_mb:6.0f} MB (Linux)")
+    print(f"peak memory of this process    {PeakMemory().peak_mib():6.0f} MB (Linux)")
     return 0
 
 

@@ -17,7 +17,8 @@ import string
 import sys
 from pathlib import Path
 
-from common import DEV, best_time
+from common import DEV, missing_data
+from common.timing import best_time
 
 PREDICTIONS = DEV.parent / "predictions" / "bidaf_sa_elmo_allenai.json"
 REQUIREMENT_S = 1.0
@@ -85,12 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=5, help="Runs of each scorer; the best time counts.")
     parser.add_argument("--predictions", default=str(PREDICTIONS), help="Predictions file to score.")
     args = parser.parse_args(argv)
-    if not DEV.exists() or not Path(args.predictions).exists():
-        print(
-            f"{DEV} or {args.predictions} not found: the benchmark needs the shared data folder (../shared/data) "
-            "beside the checkout",
-            file=sys.stderr,
-        )
+    if missing_data(DEV, Path(args.predictions)):
         return 1
 
     from llama_squad.squad_eval import evaluate

@@ -1,6 +1,7 @@
-"""The parts of benchmarks/ that decide what a figure means: which questions are timed, and how chunks add up."""
+"""The parts of benchmarks/ that decide what a figure means: which questions are timed, in which order the arms run,
+how chunks add up, how a table lines up."""
 
-import importlib.util
+import importlib
 from pathlib import Path
 
 import pytest
@@ -9,22 +10,29 @@ from conftest import SHARED, require
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
+def shared_module(monkeypatch, name: str):
+    """A module of benchmarks/common as the benchmarks import it (run as scripts: their folder first on sys.path)."""
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    return importlib.import_module(f"common.{name}")
+
+
 @pytest.fixture
-def bench_eval(monkeypatch):
-    monkeypatch.syspath_prepend(str(BENCHMARKS))  # as when run as a script: its folder (benchmarks/common.py) first
-    spec = importlib.util.spec_from_file_location("bench_eval", BENCHMARKS / "bench_eval.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def timing(monkeypatch):
+    return shared_module(monkeypatch, "timing")
+
+
+@pytest.fixture
+def data(monkeypatch):
+    return shared_module(monkeypatch, "data")
 
 
 def question(dialogue: str, turn: int, slot: str) -> dict:
     return {"id": f"{dialogue}/{turn}/{slot}", "dialogue_id": dialogue, "turn": turn}
 
 
-def test_turn_chunks_keep_whole_turns_in_order(bench_eval):
+def test_turn_chunks_keep_whole_turns_in_order(timing):
     questions = [question(d, t, s) for d, turns in (("A", 3), ("B", 2)) for t in range(turns) for s in "xyz"]
-    chunks = bench_eval.turn_chunks(questions, 2)
+    chunks = timing.turn_chunks(questions, 2)
     assert [len(c) for c in chunks] == [6, 6, 3]
     assert [q for c in chunks for q in c] == questions
     assert [{(q["dialogue_id"], q["turn"]) for q in c} for c in chunks] == [
@@ -34,7 +42,7 @@ def test_turn_chunks_keep_whole_turns_in_order(bench_eval):
     ]
 
 
-def test_add_runs_sums_time_and_weights_the_mean_prompt(bench_eval):
+def test_add_runs_sums_time_and_weights_the_mean_prompt(timing):
     def run(questions, seconds, tokens, prompt, peak, outputs):
         return {
             "chunks": [{"questions": questions}],
@@ -44,7 +52,7 @@ def test_add_runs_sums_time_and_weights_the_mean_prompt(bench_eval):
         }  # fmt: skip
 
     first, second = run(30, 10.0, 300, 100.0, 900.0, {"a": "1"}), run(90, 20.0, 600, 200.0, 800.0, {"b": "2"})
-    total = bench_eval.add_runs(first, second)
+    total = timing.add_runs(first, second)
     assert total["questions"] == 120
     assert total["questions_per_s"] == pytest.approx(120 / 30.0)
     assert total["tokens_per_s"] == pytest.approx(900 / 30.0)
@@ -54,11 +62,11 @@ def test_add_runs_sums_time_and_weights_the_mean_prompt(bench_eval):
     assert total["chunks"] == [{"questions": 30}, {"questions": 90}]
 
 
-def test_random_turn_sample_takes_whole_dialogues(bench_eval):
+def test_random_turn_sample_takes_whole_dialogues(data):
     """A random sample holds every turn of the dialogues it draws (the split's mix of history lengths), and its
     seed decides it; the first-dialogues sample is exactly the turns asked."""
     require(SHARED / "data" / "multiwoz21" / "test.json.zip", "the MultiWOZ 2.1 test split")
-    questions, every_turn = bench_eval.load_turns("slot", 12, "random", 0)
+    questions, every_turn = data.load_turns("slot", 12, "random", 0)
     turns = {(q["dialogue_id"], q["turn"]) for q in questions}
     assert len(turns) >= 12
     assert len(questions) == 30 * len(turns)
@@ -70,8 +78,33 @@ def test_random_turn_sample_takes_whole_dialogues(bench_eval):
         split_turns.setdefault(q["dialogue_id"], set()).add(q["turn"])
     assert len(every_turn) == 7372  # one question per user turn of the 2.1 test split
     assert all(split_turns[d] == ts for d, ts in by_dialogue.items())
-    assert bench_eval.load_turns("slot", 12, "random", 0)[0] == questions
-    assert {q["dialogue_id"] for q in bench_eval.load_turns("slot", 12, "random", 1)[0]} != set(by_dialogue)
-    first, _ = bench_eval.load_turns("slot", 5, "first", 0)
+    assert data.load_turns("slot", 12, "random", 0)[0] == questions
+    assert {q["dialogue_id"] for q in data.load_turns("slot", 12, "random", 1)[0]} != set(by_dialogue)
+    first, _ = data.load_turns("slot", 5, "first", 0)
     assert len({(q["dialogue_id"], q["turn"]) for q in first}) == 5
     assert len(first) == 150
+
+
+def test_arms_take_turns_so_that_load_hits_each_alike(timing):
+    assert [timing.arm_order(["A", "B"], k) for k in range(4)] == [["A", "B"], ["B", "A"], ["A", "B"], ["B", "A"]]
+    assert [timing.arm_order(("x", "y", "z"), k) for k in range(4)] == [
+        ["x", "y", "z"],
+        ["y", "z", "x"],
+        ["z", "x", "y"],
+        ["x", "y", "z"],
+    ]
+
+
+def test_table_titles_line_up_with_their_values(monkeypatch, capsys):
+    report = shared_module(monkeypatch, "report")
+    columns = [("arm", "<6"), ("tok/s", ">8,.0f"), ("share", ">6.1%")]
+    report.print_table(columns, [["base", 1234.4, 0.5], ["ours", 98765.6, None]])
+    report.print_table(columns[:2], [["base", 1.0]], indent="  ", rule=False)
+    assert capsys.readouterr().out.splitlines() == [
+        "arm       tok/s  share",
+        "----------------------",
+        "base      1,234  50.0%",
+        "ours     98,766    n/a",
+        "  arm       tok/s",
+        "  base          1",
+    ]
