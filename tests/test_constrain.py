@@ -322,7 +322,7 @@ def test_the_benchmark_catches_outputs_outside_the_context(monkeypatch):
     import importlib.util
 
     path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_constrained.py"
-    monkeypatch.syspath_prepend(str(path.parent))  # as when run as a script: its folder (benchmarks/common.py) first
+    monkeypatch.syspath_prepend(str(path.parent))  # as when run as a script: its folder (benchmarks/common/) first
     spec = importlib.util.spec_from_file_location("bench_constrained", path)
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
