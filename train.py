@@ -38,30 +38,38 @@ import yaml
 
 from llama_squad.cli import exit_code_of, parse_dataclasses, setup_logging
 from llama_squad.config import ModelArguments, ScriptArguments, TrainConfig
+from llama_squad.generation import GenerationOptions
 
 logger = logging.getLogger("train")
 
 
 def main(argv: list[str] | None = None) -> int:
-    model_args, script_args, config = parse_dataclasses([ModelArguments, ScriptArguments, TrainConfig], argv)
+    model_args, script_args, config, options = parse_dataclasses(
+        [ModelArguments, ScriptArguments, TrainConfig, GenerationOptions], argv
+    )
     setup_logging()
     from llama_squad.export import HubAccessError
 
     try:
-        train(model_args, script_args, config)
+        train(model_args, script_args, config, options)
     except Exception as e:  # the user's input, setup or disk: one line naming it and the fix; a bug: its traceback
         return exit_code_of(e, logger.error, where=config.output_dir, also=(HubAccessError,))
     return 0
 
 
-def train(model_args: ModelArguments, script_args: ScriptArguments, config: TrainConfig) -> None:
+def train(
+    model_args: ModelArguments,
+    script_args: ScriptArguments,
+    config: TrainConfig,
+    options: GenerationOptions | None = None,
+) -> None:
     from llama_squad import distributed, outputs, resume, training
 
     # 0. One process, or one of several (accelerate launch / torchrun): the others log warnings only.
     distributed.setup_process_logging(config)
 
     # 1. Check the options, the model source, the scores for the cards and the Hub before any long work.
-    training.validate(model_args, script_args, config)
+    training.validate(model_args, script_args, config, options)
     training.check_pushes(script_args, config)
     resolved = resume.resolved_config(model_args, script_args, config)
     logger.info("resolved config:\n%s", yaml.safe_dump(resolved, sort_keys=False))
@@ -81,19 +89,22 @@ def train(model_args: ModelArguments, script_args: ScriptArguments, config: Trai
             )
         logger.info("training on %d examples, validating on %d", len(train_data), len(eval_data or []))
 
-        # 5. Train and save, unless the checkpoint is the run's last step (a finished run re-run trains nothing).
+        # 5. Train and save, unless the checkpoint is the run's last step (a finished run re-run trains nothing);
+        # with --eval_questions every evaluation also scores N validation questions answered as test.py would.
         peft_config = training.lora_config(model_args, loaded.pause_ids) if model_args.use_peft else None
+        task_scores = training.task_evaluation(script_args, config, options, loaded.tokenizer, loaded.pause)
         trainer = training.build_trainer(
-            loaded.model, loaded.tokenizer, config, train_data, eval_data, peft_config, loaded.pause
+            loaded.model, loaded.tokenizer, config, train_data, eval_data, peft_config, loaded.pause, task_scores
         )
         finished = training.train_or_finish(trainer, config, checkpoint, resolved, adapter=model_args.use_peft)
         if config.process_index != 0:  # the main process alone writes, merges and pushes
             return
 
         # 6. Tokenizer, pause tokens, loss plot, merged model, model cards, pushes: what is missing, if finished.
+        state = trainer.state if finished is None else resume.saved_state(config.output_dir)
         run = outputs.RunOutputs(
             config.output_dir, loaded.path, model_args, script_args, resolved, len(train_data), loaded.pause,
-            trust_remote_code=config.trust_remote_code,
+            trust_remote_code=config.trust_remote_code, best=resume.best_checkpoint(state, config),
         )  # fmt: skip
         history = trainer.state.log_history if finished is None else resume.saved_log_history(config.output_dir)
         for path in outputs.write_outputs(run, loaded.tokenizer, history, only_missing=finished is not None):

@@ -158,6 +158,15 @@ class ScriptArguments:
     max_eval_examples: int | None = field(
         default=200, metadata={"help": "Compute the validation loss on at most N validation examples (None: all)."}
     )
+    eval_questions: int = field(
+        default=0,
+        metadata={
+            "help": "At every evaluation (--eval_strategy, --eval_steps), also answer N validation questions (the "
+            "same N each time, drawn with --seed) as test.py does, with its generation options (--max_new_tokens, "
+            "--constrain...), and log the task's scores (eval_exact, eval_f1, ... or eval_jga): "
+            "--metric_for_best_model exact then keeps the best checkpoint by them. 0: the loss only."
+        },
+    )
     merge: bool = field(
         default=False,
         metadata={"help": "After training, merge the adapter into the base model and save it in output_dir/merged."},

@@ -163,6 +163,7 @@ def model_card(
     train_examples: int | None = None,
     task: str | None = None,
     repo_id: str | None = None,
+    best: dict | None = None,
 ):
     """The Hub model card (``huggingface_hub.ModelCard``) of the adapter (``kind="adapter"``) or the merged model.
 
@@ -255,6 +256,9 @@ def model_card(
         lines += [f"| {k} | {v:.2f} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in shown.items()]
     else:
         lines.append("Not evaluated yet: run test.py on the test split (its metrics.json then goes into this card).")
+    if best:
+        lines += ["", f"The weights are those of the best checkpoint by {best['metric']} on the validation questions: "
+                  f"step {best['step']}, {best['metric']} {best['value']:.2f}."]  # fmt: skip
     lines += [
         "",
         "## Recipe",

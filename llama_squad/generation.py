@@ -235,10 +235,11 @@ class Generator:
     """Continues token-id prompts with a model, in batches, stopping at the end-of-turn token (the engine: see the
     module docstring)."""
 
-    def __init__(self, model, tokenizer, options: GenerationOptions):
+    def __init__(self, model, tokenizer, options: GenerationOptions, synced: bool = False):
         self.model = model
         self.tokenizer = tokenizer
         self.options = options
+        self.synced = synced  # a model sharded across processes (FSDP, ZeRO-3): every process in every forward pass
         stop = [end_of_turn_token_id(tokenizer)]
         if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in stop:
             stop.append(tokenizer.eos_token_id)
@@ -272,6 +273,8 @@ class Generator:
         from llama_squad.kv_cache import make_room, preallocated_cache
 
         kwargs = self.options.generate_kwargs(self.stop_ids, self.pad_id)
+        if self.synced:  # the processes that finish first keep feeding the model until all have
+            kwargs["synced_gpus"] = True
         prefixes = None
         if previous is None and prefix_lengths is not None and self.options.shares_prefixes and min(prefix_lengths):
             prefixes = [tuple(p[:n]) for p, n in zip(prompts, prefix_lengths, strict=True)]

@@ -110,6 +110,7 @@ class RunOutputs:
     train_examples: int
     pause: object = None  # llama_squad.pause.PauseTokens or None
     trust_remote_code: bool = False
+    best: dict | None = None  # the checkpoint the weights are from (--load_best_model_at_end): metric, step, value
 
 
 def write_outputs(run: RunOutputs, tokenizer, log_history: list[dict], only_missing: bool = False) -> list[Path]:
@@ -148,6 +149,7 @@ def write_outputs(run: RunOutputs, tokenizer, log_history: list[dict], only_miss
         metrics=read_scores(run.output_dir, script_args.dataset_path),
         train_examples=run.train_examples,
         task=export.dataset_task(script_args.dataset_path),
+        best=run.best,
     )
     merged = out / MERGED_DIR
     if script_args.merge and model_args.use_peft and wanted(merged):

@@ -1,4 +1,5 @@
-"""Pictures of a training run: train and validation loss, and perplexity, per step."""
+"""Pictures of a training run: train and validation loss, perplexity, and the task's scores (``--eval_questions``),
+per step."""
 
 import math
 import os
@@ -17,8 +18,25 @@ def loss_curves(log_history: list[dict]) -> dict[str, list[tuple[float, float]]]
     return curves
 
 
+TASK_TIMING = ("eval_task_seconds", "eval_task_questions_per_s")  # logged with the task's scores (not scores)
+
+
+def task_curves(log_history: list[dict]) -> dict[str, list[tuple[float, float]]]:
+    """(step, value) series of the task's scores that train.py --eval_questions logs (``eval_exact``...), by name."""
+    curves: dict[str, list[tuple[float, float]]] = {}
+    for entry in log_history:
+        if "eval_task_seconds" not in entry or "step" not in entry:
+            continue
+        for key, value in entry.items():
+            if key.startswith("eval_") and key not in TASK_TIMING and isinstance(value, int | float):
+                if not math.isnan(value):
+                    curves.setdefault(key.removeprefix("eval_"), []).append((entry["step"], value))
+    return curves
+
+
 def plot_losses(log_history: list[dict], path: str | os.PathLike, title: str = "") -> bool:
-    """Draw loss (left) and perplexity (right) per step to a PNG; False when there is nothing to draw."""
+    """Draw loss (left), perplexity (middle) and, when the run logged them, the task's scores (right) per step to a
+    PNG; False when there is nothing to draw."""
     curves = loss_curves(log_history)
     if not any(curves.values()):
         return False
@@ -28,7 +46,16 @@ def plot_losses(log_history: list[dict], path: str | os.PathLike, title: str = "
     import matplotlib.pyplot as plt
     import matplotlib.ticker
 
-    fig, (loss_ax, ppl_ax) = plt.subplots(1, 2, figsize=(11, 4))
+    scores = task_curves(log_history)
+    fig, axes = plt.subplots(1, 3 if scores else 2, figsize=(16 if scores else 11, 4))
+    loss_ax, ppl_ax = axes[0], axes[1]
+    if scores:
+        for name, points in scores.items():
+            steps, values = zip(*points, strict=True)
+            axes[2].plot(steps, values, label=name, marker="o")
+        axes[2].set(xlabel="optimizer step", ylabel="%", title="task scores (validation questions)")
+        axes[2].grid(alpha=0.3)
+        axes[2].legend(fontsize="small")
     for name, points in curves.items():
         if not points:
             continue

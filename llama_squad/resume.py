@@ -110,6 +110,31 @@ def saved_log_history(output_dir: str) -> list[dict]:
     return history if isinstance(history, list) else []
 
 
+def best_checkpoint(state, config: TrainConfig) -> dict | None:
+    """The checkpoint the final weights come from, for the cards: with ``--load_best_model_at_end``, the best one by
+    ``--metric_for_best_model`` (its metric, step and value, from the trainer's state: a ``TrainerState`` or its saved
+    mapping); None otherwise."""
+    get = state.get if isinstance(state, dict) else lambda key: getattr(state, key, None)
+    folder, value = get("best_model_checkpoint"), get("best_metric")
+    if not config.load_best_model_at_end or not folder or value is None:
+        return None
+    metric = config.metric_for_best_model or "loss"
+    metric = metric if metric.startswith("eval_") else f"eval_{metric}"
+    step = Path(folder).name.split("-")[-1]
+    return {"metric": metric, "step": step, "value": float(value), "checkpoint": str(folder)}
+
+
+def saved_state(output_dir: str) -> dict:
+    """The trainer's state saved in ``output_dir`` (its final ``trainer_state.json``), {} without one."""
+    from llama_squad.checkpoints import TRAINER_STATE
+
+    try:
+        state = json.loads((Path(output_dir) / TRAINER_STATE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return state if isinstance(state, dict) else {}
+
+
 def save_run_config(resolved: dict, output_dir: str) -> Path:
     """Write the resolved options beside the outputs (``run_config.yaml``)."""
     path = Path(output_dir) / RUN_CONFIG

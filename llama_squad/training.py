@@ -12,7 +12,7 @@ from llama_squad.files import InputError
 logger = logging.getLogger(__name__)
 
 
-def validate(model_args: ModelArguments, script_args: ScriptArguments, config: TrainConfig) -> None:
+def validate(model_args: ModelArguments, script_args: ScriptArguments, config: TrainConfig, options=None) -> None:
     """Check the options together before any long work; raise once, naming every problem and its flag."""
     from llama_squad.distributed import fsdp_enabled, sharding_engine
     from llama_squad.models import ModelError, check_model_source
@@ -83,6 +83,9 @@ def validate(model_args: ModelArguments, script_args: ScriptArguments, config: T
     problem = scores_problem(config.output_dir, script_args.dataset_path)  # test.py's scores, for the cards
     if problem:
         problems.append(problem)
+    problems += task_metric_problems(script_args, config)
+    if options is not None and script_args.eval_questions:
+        problems += options.problems()
     optim = getattr(config.optim, "value", config.optim)  # an OptimizerNames once parsed
     if fsdp_enabled(config) and "8bit" in str(optim):
         problems.append(
@@ -102,6 +105,62 @@ def validate(model_args: ModelArguments, script_args: ScriptArguments, config: T
         problems.append("--hub_repo_id pushes the merged adapter: it needs --use_peft")
     if problems:
         raise InputError("invalid options:\n  - " + "\n  - ".join(problems))
+
+
+def task_metric_problems(script_args: ScriptArguments, config: TrainConfig) -> list[str]:
+    """What is wrong with ``--eval_questions`` and a ``--metric_for_best_model`` of the task's own scores."""
+    from llama_squad.tasks import get_task
+    from llama_squad.tasks.common import dataset_folder_problem, load_dataset_folder
+
+    problems = []
+    n, metric = script_args.eval_questions, config.metric_for_best_model
+    if n is None or n < 0:
+        problems.append(f"--eval_questions {n}: give 0 (the loss only) or a number of validation questions (e.g. 64)")
+    if n and config.eval_strategy == "no":
+        problems.append(
+            f"--eval_questions {n} with --eval_strategy no: evaluate with --eval_strategy steps (or epoch)"
+        )
+    if not n and (metric is None or metric.removeprefix("eval_") == "loss"):
+        return problems
+    if dataset_folder_problem(script_args.dataset_path):
+        return problems  # said already
+    try:
+        splits = load_dataset_folder(script_args.dataset_path)
+    except (OSError, ValueError):
+        return problems  # said when the data is read
+    if n and "validation" not in splits:
+        problems.append(
+            f"--eval_questions {n}: {script_args.dataset_path} has no validation split (it has {', '.join(splits)}) "
+            "to ask: rebuild it with create_dataset.py --validation_fraction 0.05, or drop --eval_questions"
+        )
+    split = next((s for s in splits.values() if len(s)), None)
+    if metric is not None and split is not None:
+        task = get_task(split[0]["task"])
+        name = metric.removeprefix("eval_")
+        if name != "loss" and name not in task.headline_metrics:
+            problems.append(
+                f"--metric_for_best_model {metric}: not a metric of {task.title}; choose loss or one of "
+                f"{', '.join(task.headline_metrics)}"
+            )
+        elif name != "loss" and not n:
+            problems.append(f"--metric_for_best_model {metric}: a task metric needs --eval_questions N (e.g. 64)")
+    return problems
+
+
+def task_evaluation(script_args: ScriptArguments, config: TrainConfig, options, tokenizer, pause=None):
+    """The task's scores at every evaluation (``--eval_questions N``; None without it): N validation questions drawn
+    with ``--seed``, answered with ``options`` (GenerationOptions) in batches of ``--per_device_eval_batch_size``."""
+    from llama_squad.evaluation.during_training import TaskEvaluation, sample_questions
+    from llama_squad.tasks import get_task
+    from llama_squad.tasks.common import load_dataset_folder
+
+    if not script_args.eval_questions:
+        return None
+    validation = [dict(row) for row in load_dataset_folder(script_args.dataset_path)["validation"]]
+    task = get_task(validation[0]["task"])
+    questions = sample_questions(task, validation, script_args.eval_questions, config.seed)
+    logger.info("every evaluation also answers %d validation questions and scores them", len(questions))
+    return TaskEvaluation(questions, tokenizer, options, pause, config.per_device_eval_batch_size)
 
 
 def check_pushes(script_args: ScriptArguments, config: TrainConfig) -> None:
@@ -233,11 +292,14 @@ def lora_config(model_args: ModelArguments, trainable_token_indices: list[int] |
     return config
 
 
-def build_trainer(model, tokenizer, config: TrainConfig, train_dataset, eval_dataset, peft_config, pause=None):
+def build_trainer(
+    model, tokenizer, config: TrainConfig, train_dataset, eval_dataset, peft_config, pause=None, task_evaluation=None
+):
     """TRL's SFTTrainer on our pre-tokenized examples, padded by :class:`AnswerOnlyCollator`.
 
     With ``pause`` (the model's :class:`llama_squad.pause.PauseTokens`), every checkpoint records them too, and the
-    adapter saves the pause rows alone (not the whole grown embedding matrices).
+    adapter saves the pause rows alone (not the whole grown embedding matrices). With ``task_evaluation``
+    (:func:`task_evaluation`), every evaluation also logs the task's scores.
     """
     import functools
 
@@ -258,7 +320,13 @@ def build_trainer(model, tokenizer, config: TrainConfig, train_dataset, eval_dat
         # done by the collator: SFTTrainer refuses padding_free with a max_length (which we enforce by dropping
         # longer examples) and with a collator given to it
         config.padding_free = False
-    trainer = SFTTrainer(
+    trainer_class = SFTTrainer
+    if task_evaluation is not None:
+        from llama_squad.distributed import shards_parameters
+        from llama_squad.evaluation.during_training import trainer_class as with_task_metrics
+
+        trainer_class = with_task_metrics(SFTTrainer)
+    trainer = trainer_class(
         model=model,
         args=config,
         train_dataset=train_dataset,
@@ -278,6 +346,8 @@ def build_trainer(model, tokenizer, config: TrainConfig, train_dataset, eval_dat
         head = peft_model.get_output_embeddings()
         if head is not None and not hasattr(head, "bias") and hasattr(head, "original_module"):
             head.bias = getattr(head.original_module, "bias", None)
+    if task_evaluation is not None:
+        trainer.task_evaluation, trainer.sharded_model = task_evaluation, shards_parameters(config)
     if pause is not None:
         trainer.add_callback(_PauseFileCallback(pause))
     if config.fp16:

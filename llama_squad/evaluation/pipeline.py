@@ -3,6 +3,7 @@
 import logging
 import math
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from llama_squad.answers import parse_json_answer
@@ -60,8 +61,6 @@ def answer_examples(
     Re-running after a crash or Ctrl-C resumes: finished examples are skipped, none is written twice. The answerer
     may be None when nothing is left to answer. Returns (examples answered now, seconds spent).
     """
-    from tqdm.auto import tqdm
-
     if len(examples) == 0:
         raise ValueError("no examples to answer: the split is empty")
     task = get_task(examples[0]["task"])
@@ -72,34 +71,49 @@ def answer_examples(
         return 0, 0.0
     if answerer is None:
         raise ValueError(f"{output_csv}: {len(todo)} examples are still to answer, and no model was given")
+    start = time.perf_counter()
+    for rows in answered_batches(answerer, todo, batch_size, progress):
+        writer.write(rows)
+    return len(todo), time.perf_counter() - start
+
+
+def answered_batches(
+    answerer: Answerer, examples: list[dict], batch_size: int, progress: bool = False, equal_batches: bool = False
+) -> Iterator[list[dict]]:
+    """The scored results rows of ``examples``, batch by batch as they are answered: batches of questions that share a
+    prompt prefix where the options share them, else of similar lengths (longest first). ``equal_batches``: batches
+    by length alone, so that processes answering shares of the same size make the same generate calls (a model
+    sharded across them needs every process in every forward pass)."""
+    from tqdm.auto import tqdm
+
+    task = get_task(examples[0]["task"])
     conversations = {}
-    for ex in todo:  # tokenize each first prompt once: for sorting by length, then for generating
+    for ex in examples:  # tokenize each first prompt once: for sorting by length, then for generating
         conversation = start_conversation(ex)
         conversation.next_prompt = answerer.prompt_ids(conversation.messages, last_turn=conversation.turns_left == 1)
         conversations[ex["id"]] = conversation
-    lengths = [len(conversations[ex["id"]].next_prompt[0]) for ex in todo]
-    warn_beyond_context(answerer.generator, todo, lengths)
-    if answerer.options.shares_prefixes:
-        groups = prefix_groups([conversations[ex["id"]].next_prompt[0] for ex in todo], batch_size)
+    lengths = [len(conversations[ex["id"]].next_prompt[0]) for ex in examples]
+    warn_beyond_context(answerer.generator, examples, lengths)
+    if answerer.options.shares_prefixes and not equal_batches:
+        groups = prefix_groups([conversations[ex["id"]].next_prompt[0] for ex in examples], batch_size)
         batches = []
         for batch in batches_of_groups(groups, lengths, batch_size):
             for i, shared in batch:
-                conversations[todo[i]["id"]].shared = shared
-            batches.append([todo[i] for i, _ in batch])
+                conversations[examples[i]["id"]].shared = shared
+            batches.append([examples[i] for i, _ in batch])
     else:
-        batches = batches_by_length(todo, lengths, batch_size)
+        batches = batches_by_length(examples, lengths, batch_size)
     start = time.perf_counter()
-    bar = tqdm(total=len(todo), unit="q", desc="generating", disable=not progress, dynamic_ncols=True)
+    bar = tqdm(total=len(examples), unit="q", desc="generating", disable=not progress, dynamic_ncols=True)
     done = 0
     for batch in batches:
         answered = [conversations.pop(ex["id"]) for ex in batch]
         answerer.answer(answered)
-        writer.write([row for c in answered for row in results_rows(task, c, answerer.options.constrain)])
+        yield [row for c in answered for row in results_rows(task, c, answerer.options.constrain)]
         done += len(batch)
         bar.update(len(batch))
         bar.set_postfix(q_per_s=f"{done / (time.perf_counter() - start):.2f}")
     bar.close()
-    return done, time.perf_counter() - start
 
 
 def warn_beyond_context(generator: Generator, examples: list[dict], lengths: list[int]) -> int:

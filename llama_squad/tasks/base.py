@@ -77,6 +77,14 @@ class Task:
 
         return ("answer", NO_ANSWER)
 
+    def evaluation_sample(self, examples: list, n: int, seed: int) -> list:
+        """``n`` of ``examples`` drawn with ``seed``, in their order: the questions train.py's ``--eval_questions``
+        asks at every evaluation."""
+        import random
+
+        chosen = sorted(random.Random(seed).sample(range(len(examples)), n))
+        return [examples[i] for i in chosen]
+
     def chat_form(self, options) -> ChatForm:
         """How the chat asks this task's questions; ``options``: the chat's options (``ChatArguments``)."""
         raise NotImplementedError

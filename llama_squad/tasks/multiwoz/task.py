@@ -65,6 +65,21 @@ class MultiWOZ(Task):
         object: none."""
         return None if example.get("slots") else ("answer", NO_ANSWER)
 
+    def evaluation_sample(self, examples, n, seed):
+        """Whole turns (every slot question of a turn) drawn with ``seed`` until they hold ``n`` questions, in their
+        order: joint goal accuracy needs every slot of a turn."""
+        import random
+
+        turns: dict[tuple, list[int]] = {}
+        for i, example in enumerate(examples):
+            turns.setdefault((example["dialogue_id"], example["turn"]), []).append(i)
+        chosen = []
+        for key in random.Random(seed).sample(list(turns), len(turns)):
+            if len(chosen) >= n:
+                break
+            chosen += turns[key]
+        return [examples[i] for i in sorted(chosen)]
+
     def questions(self, options) -> dict:
         """The slot questions the chat asks (as the dataset asks them), by slot name."""
         listed = bool(getattr(options, "list_categorical_values", False))
