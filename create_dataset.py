@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     task = get_task(name)
     (args,) = parse_dataclasses([task.Arguments], argv)
-    logger.info("arguments: %s", args)
+    logger.debug("arguments: %s", args)
     try:
         check_output_dir(args.output_dir, args.overwrite)  # 1. fail before the work, not after it
         dataset = task.build_dataset(args)  # 2. check the options; read, validate, split and format

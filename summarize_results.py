@@ -12,8 +12,8 @@ import argparse
 import logging
 import sys
 
-from llama_squad.cli import exit_code_of, setup_logging
-from llama_squad.summary import format_table, plot_summary, summarize_files, write_table
+from llama_squad.cli import exit_code_of, parse_strictly, setup_logging
+from llama_squad.summary import format_table, headline, plot_summary, summarize_files, write_table
 
 logger = logging.getLogger("summarize_results")
 
@@ -24,13 +24,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", help="also write the table to this file (.csv or .md)")
     parser.add_argument("--format", choices=["markdown", "csv"], default="markdown", help="how to print the table")
     parser.add_argument("--plot", help="also draw the headline metrics of every run as a bar chart (PNG)")
-    args = parser.parse_args(argv)
+    parser.add_argument(
+        "--all", action="store_true", help="every metric in the table, not only the headline ones (files get all)"
+    )
+    args = parse_strictly(parser, argv)
     setup_logging()
     try:
         table = summarize_files(args.results)
     except Exception as e:  # a results file that cannot be read: one line naming it; a bug: its traceback
         return exit_code_of(e, logger.error)
-    print(format_table(table, args.format))
+    print(format_table(table if args.all else headline(table), args.format))
     for path, write in ((args.output, write_table), (args.plot, plot_summary)):
         if path:
             try:

@@ -108,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
 def evaluate(args: TestArguments, model_args: ModelLoadingArguments, options: GenerationOptions) -> None:
     from llama_squad import adapters, evaluation
     from llama_squad.files import InputError
-    from llama_squad.summary import constraint_label, format_table, metrics_table, run_name
+    from llama_squad.summary import run_name
 
     # 1. Check the options, the questions (and those to calibrate on), the model's and adapter's files before
     # loading anything heavy.
@@ -164,8 +164,8 @@ def evaluate(args: TestArguments, model_args: ModelLoadingArguments, options: Ge
         # calibration split) the calibrated scores and the oracle ceiling too.
         thresholds, source = evaluation.thresholds_for(args.no_answer_threshold, runs.get(args.calibrate_on))
         rows, metrics = run.finish(thresholds, source)
-    row = {"task": rows["task"].iloc[0], "constrain": constraint_label(rows), **metrics}
-    print(format_table(metrics_table({run_name(run.results_csv): row})))
+    shown = ", ".join(f"{m} {metrics[m]:.1f}" for m in run.task.headline_metrics if isinstance(metrics.get(m), float))
+    logger.info("%s, %d questions: %s", run_name(run.results_csv), len(rows), shown)
     logger.info("wrote %s and %s", run.results_csv, run.output_dir / "metrics.json")
 
 

@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     model_args, script_args, config, options = parse_dataclasses(
         [ModelArguments, ScriptArguments, TrainConfig, GenerationOptions], argv
     )
-    setup_logging()
+    setup_logging(logging.DEBUG if config.log_level == "debug" else logging.INFO)  # debug: the resolved options too
     from llama_squad.export import HubAccessError
 
     try:
@@ -72,7 +72,7 @@ def train(
     training.validate(model_args, script_args, config, options)
     training.check_pushes(script_args, config)
     resolved = resume.resolved_config(model_args, script_args, config)
-    logger.info("resolved config:\n%s", yaml.safe_dump(resolved, sort_keys=False))
+    logger.debug("resolved config:\n%s", yaml.safe_dump(resolved, sort_keys=False))  # run_config.yaml holds it
 
     with contextlib.ExitStack() as stack:
         # 2. One run at a time per output_dir; resume from the newest complete checkpoint, with the same model.

@@ -6,8 +6,15 @@ import logging
 import os
 import shutil
 import sys
+import warnings
 from collections.abc import Callable
 from pathlib import Path
+
+# Library lines that say nothing a user can act on, quieted before the libraries are imported: the kernels package's
+# notice that it skips a trust check offline (on every start, even --help), and a deprecation inside transformers that
+# PEFT and TRL call (repeated by every script).
+logging.getLogger("kernels").setLevel(logging.ERROR)
+warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
 
 
 def log_format(rank: int | None = None) -> str:
@@ -63,10 +70,55 @@ def parse_dataclasses(types, argv: list[str] | None = None):
             parser.exit(2, f"{parser.prog}: error: --{name}: {replacement}\n")
         if name in recipe:
             parser.exit(2, f"{parser.prog}: error: --config {path}: {name}: {replacement}\n")
+    unknown = unknown_option(args, option_strings(parser))
+    if unknown:
+        parser.exit(2, f"{parser.prog}: error: {unknown}\n")
+    for key in recipe:
+        if key not in declared:
+            suggestion = did_you_mean(str(key), sorted(declared))
+            parser.exit(2, f"{parser.prog}: error: --config {path}: unknown key {key!r}{suggestion}\n")
     try:
         return parser.parse_args_and_config(args=args)
     except ValueError as e:  # unknown YAML keys, values the dataclasses reject
         parser.exit(2, f"{parser.prog}: error: {e}\n")
+
+
+def option_strings(parser) -> list[str]:
+    """Every ``--option`` an argparse parser takes."""
+    return sorted(o for action in parser._actions for o in action.option_strings if o.startswith("--"))
+
+
+def did_you_mean(name: str, choices: list[str]) -> str:
+    """`` (did you mean X?)`` with the closest of ``choices`` to ``name``, or "" when none is close."""
+    import difflib
+
+    close = difflib.get_close_matches(name, choices, n=1, cutoff=0.6)
+    return f" (did you mean {close[0]}?)" if close else ""
+
+
+def unknown_option(argv: list[str], known: list[str]) -> str | None:
+    """The message for the first ``--option`` of ``argv`` that is none of ``known`` (nor, as argparse allows, a
+    beginning of exactly one of them), naming the closest known one; None when every option is known."""
+    for arg in argv:
+        if arg == "--":
+            return None
+        if not arg.startswith("--"):
+            continue
+        name = arg.split("=", 1)[0]
+        if name in known or name == "--config" or sum(option.startswith(name) for option in known) == 1:
+            continue
+        return f"unknown option {name}{did_you_mean(name, known)}"
+    return None
+
+
+def parse_strictly(parser, argv: list[str] | None = None):
+    """``parser.parse_args(argv)``, but an unknown option is one line naming it and the closest known one (argparse
+    says "unrecognized arguments" after a usage block)."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    unknown = unknown_option(args, option_strings(parser))
+    if unknown:
+        parser.exit(2, f"{parser.prog}: error: {unknown}\n")
+    return parser.parse_args(args)
 
 
 def config_path(argv: list[str]) -> str | None:

@@ -402,10 +402,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Rewrite the cards of a trained folder, then push what was asked; 0 on success, 1 on bad input."""
-    from llama_squad.cli import exit_code_of, setup_logging
+    from llama_squad.cli import exit_code_of, parse_strictly, setup_logging
     from llama_squad.files import InputError
 
-    args = build_parser().parse_args(argv)
+    args = parse_strictly(build_parser(), argv)
     setup_logging()
     output_dir = Path(args.output_dir)
     merged = output_dir / "merged"

@@ -93,6 +93,38 @@ def check_tasks(names: list[str], manager) -> None:
             f"--tasks: unknown lm-eval task(s) {unknown}: see `lm-eval ls tasks`, or add your own YAMLs with "
             "--include_path"
         )
+    problem = hub_data_problem(names, manager)
+    if problem:
+        raise InputError(problem)
+
+
+def hub_data_problem(names: list[str], manager) -> str | None:
+    """Why the tasks' data cannot be had (a Hub dataset not in the local cache while offline or without a network),
+    or None: lm-eval would otherwise retry its downloads, then stop with a long traceback."""
+    import os
+
+    from huggingface_hub.constants import HF_HUB_CACHE, HF_HUB_OFFLINE
+
+    from llama_squad.models import hub_unreachable
+
+    needed = []
+    for name in names:
+        entry = getattr(manager, "task_index", {}).get(name)
+        path = (getattr(entry, "cfg", None) or {}).get("dataset_path")
+        if isinstance(path, str) and not os.path.isdir(path):
+            cached = (Path(HF_HUB_CACHE) / f"datasets--{path.replace('/', '--')}").is_dir()
+            if not cached:
+                needed.append(f"{name} ({path})")
+    if not needed:
+        return None
+    tasks = ", ".join(needed)
+    fix = "download them where there is a network and run with HF_HUB_OFFLINE=1, or give local task YAMLs"
+    if HF_HUB_OFFLINE:
+        return f"--tasks: the Hub datasets of {tasks} are not in the local cache while HF_HUB_OFFLINE is set: {fix}"
+    unreachable = hub_unreachable()
+    if unreachable:
+        return f"--tasks: {tasks} need the Hub's datasets, and the Hub cannot be reached ({unreachable}): {fix}"
+    return None
 
 
 def evaluate_model(model: str, tasks: list[str], manager, args: GeneralEvalArguments, **model_kwargs) -> dict:

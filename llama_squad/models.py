@@ -95,12 +95,36 @@ def check_model_source(model_name_or_path: str, option: str = "--model_name_or_p
     from huggingface_hub.constants import HF_HUB_OFFLINE
 
     cached = try_to_load_from_cache(model_name_or_path, "config.json", revision=revision)
+    at = f" at revision {revision}" if revision != "main" else ""
     if HF_HUB_OFFLINE and not isinstance(cached, str):
-        at = f" at revision {revision}" if revision != "main" else ""
         raise ModelError(
             f"{option} {model_name_or_path}: no such folder, and this Hub model{at} is not in the local cache while "
             "HF_HUB_OFFLINE is set: unset HF_HUB_OFFLINE to download it, or pass a model folder"
         )
+    unreachable = None if isinstance(cached, str) else hub_unreachable()
+    if unreachable:
+        raise ModelError(
+            f"{option} {model_name_or_path}: no such folder, this Hub model{at} is not in the local cache, and the "
+            f"Hub cannot be reached ({unreachable}): pass a model folder or `embedded`, or download it where there is "
+            "a network (hf download) and run with HF_HUB_OFFLINE=1"
+        )
+
+
+def hub_unreachable(timeout: float = 3.0) -> str | None:
+    """Why the Hub (``HF_ENDPOINT``) cannot be reached, asked once in a few seconds (a connection to its host), or
+    None when it can: a download without a network would otherwise retry for a minute before it fails."""
+    import socket
+    from urllib.parse import urlparse
+
+    from huggingface_hub.constants import ENDPOINT
+
+    url = urlparse(ENDPOINT)
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        with socket.create_connection((url.hostname, port), timeout=timeout):
+            return None
+    except OSError as e:
+        return f"{url.hostname}:{port}: {e.strerror or e}"
 
 
 def model_fingerprint(model_name_or_path: str, revision: str = "main") -> str:

@@ -13,11 +13,37 @@ logger = logging.getLogger(__name__)
 
 
 def run_name(path: str | os.PathLike) -> str:
-    """A run is named after its folder when the file is the usual ``results.csv``, else after the file."""
-    path = Path(path)
-    if path.is_dir():
-        return path.name
-    return path.parent.name if path.name == "results.csv" and path.parent.name else path.stem
+    """A run is named after its folder when the file is the usual ``results.csv`` (after the folder above it when
+    that one is ``eval``, as train.py's output folders hold it: ``NAME/eval/results.csv`` is ``NAME``), else after the
+    file."""
+    return run_names([path])[0]
+
+
+def _name_parts(path: str | os.PathLike) -> list[str]:
+    """The parts of a results path that can name its run, nearest first."""
+    path = Path(path).absolute()
+    if path.is_dir() or path.name == "results.csv":
+        folder = path if path.is_dir() else path.parent
+        parts = [folder.name, *(p.name for p in folder.parents if p.name)]
+        if len(parts) > 1 and parts[0] == "eval":
+            parts = parts[1:]
+        return parts
+    return [path.stem, *(p.name for p in path.parents if p.name)]
+
+
+def run_names(paths: list) -> list[str]:
+    """The shortest names that tell the runs apart: each run's folder (:func:`run_name`), joined with as many of its
+    parent folders as it takes for no two runs to share a name."""
+    parts = [_name_parts(path) for path in paths]
+    depth = [1] * len(paths)
+    while True:
+        names = ["/".join(reversed(p[:d])) for p, d in zip(parts, depth, strict=True)]
+        clashing = {n for n in names if names.count(n) > 1}
+        grow = [i for i, n in enumerate(names) if n in clashing and depth[i] < len(parts[i])]
+        if not grow:
+            return names
+        for i in grow:
+            depth[i] += 1
 
 
 def metrics_table(runs: dict[str, dict]) -> pd.DataFrame:
@@ -48,13 +74,10 @@ def summarize_files(paths: list[str]) -> pd.DataFrame:
     columns in a fixed order. A run whose results hold fewer questions than its run record asks is marked partial, and
     logged."""
     runs: dict[str, dict] = {}
-    for path in paths:
+    for path, name in zip(paths, run_names(paths), strict=True):
         results = read_results(path)
         if results.empty:
             raise InputError(f"{path}: holds no results rows")
-        name = run_name(path)
-        if name in runs:  # two runs with the same folder name: tell them apart by their full path
-            name = str(Path(path).parent if Path(path).name == "results.csv" else Path(path))
         status = run_status(path, results)
         if status.startswith("partial"):
             logger.warning("%s: %s questions answered: the run has not finished; resume it with test.py", path, status)
@@ -81,6 +104,22 @@ def calibrated_columns(path: str | os.PathLike, results: pd.DataFrame) -> dict:
         oracle = calibration.choose_thresholds(task, results)
         return calibration.calibrated_metrics(task, results, oracle, calibration.ORACLE)
     return calibration.summarize_calibration(task, results, thresholds, record["calibration"].get("source"))
+
+
+def headline(table: pd.DataFrame) -> pd.DataFrame:
+    """The narrow table: the run's task, constraint and status, then its tasks' headline metrics, and beside each the
+    calibrated and oracle ones where the runs have them."""
+    from llama_squad.tasks import all_tasks
+
+    keep = [c for c in ("task", "constrain", "status", "total") if c in table.columns]
+    for task in all_tasks():
+        if task.name not in set(table["task"]):
+            continue
+        for metric in task.headline_metrics:
+            for column in (metric, f"calibrated_{metric}", f"oracle_{metric}"):
+                if column in table.columns and column not in keep:
+                    keep.append(column)
+    return table[keep]
 
 
 def format_table(table: pd.DataFrame, fmt: str = "markdown") -> str:
@@ -122,7 +161,9 @@ def plot_summary(table: pd.DataFrame, path: str | os.PathLike) -> None:
         bars.plot.bar(ax=ax, rot=0, width=0.8)
         ax.set_ylim(0, 100)
         ax.set_ylabel("%")
-        ax.set_title(task.title)
+        totals = sorted({int(t) for t in runs["total"].dropna()}) if "total" in runs.columns else []
+        questions = f", {totals[0]:,} rows" if len(totals) == 1 else ""
+        ax.set_title(f"{task.title}: {len(runs)} run{'s' if len(runs) > 1 else ''} compared{questions}")
         ax.grid(axis="y", alpha=0.3)
         ax.legend(title="run", fontsize="small")
         for container in ax.containers:

@@ -236,7 +236,8 @@ def train_or_finish(trainer, config: TrainConfig, checkpoint: str | None, resolv
             outputs.restore_final_save(config.output_dir, checkpoint, adapter=adapter)
         return finished
     if main_process:
-        save_run_config(resolved, config.output_dir)
+        path = save_run_config(resolved, config.output_dir)
+        logger.info("the resolved options are in %s (--log_level debug logs them)", path)
     logger.info("%s", describe_batch(config))
     trainer.train(resume_from_checkpoint=checkpoint)
     if trainer.is_fsdp_enabled:  # whole adapter weights, loadable without FSDP (checkpoints stay sharded)

@@ -239,5 +239,5 @@ def test_a_threshold_on_rows_without_probabilities_is_refused(tmp_path):
     from llama_squad.files import InputError
 
     rows = squad_rows([(["Paris"], "Paris", 0.1, "")]).drop(columns=["no_answer_prob"])
-    with pytest.raises(InputError, match="its rows have no no_answer_prob column"):
+    with pytest.raises(InputError, match="its rows have no no_answer_prob"):
         calibration.require_probabilities(rows, str(Path(tmp_path) / "results.csv"))

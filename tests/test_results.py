@@ -10,6 +10,7 @@ import summarize_results
 from llama_squad.files import InputError
 from llama_squad.results import (
     RESULT_COLUMNS,
+    ROW_DEFAULTS,
     SHARDS,
     ResultsWriter,
     answered_ids,
@@ -196,7 +197,7 @@ def test_every_line_break_in_a_field_is_read_back_where_it_was_written(tmp_path,
     assert read_complete_rows(path, COLUMNS) == (
         [
             [
-                json.dumps(r[c], ensure_ascii=False) if c == "answers" else str({"constrain": "none", **r}[c])
+                json.dumps(r[c], ensure_ascii=False) if c == "answers" else str({**ROW_DEFAULTS, **r}[c])
                 for c in COLUMNS
             ]
             for r in rows
@@ -240,3 +241,34 @@ def test_a_bare_carriage_return_written_by_earlier_code_is_answered_again(tmp_pa
     writer.write([ROWS[1] | {"raw_output": "x\ry"}, ROWS[2]])
     df = read_results(path)
     assert df["id"].tolist() == ["q1", "q2", "q3"] and df["raw_output"][1] == "x\ry"
+
+
+def test_runs_are_named_by_the_shortest_part_of_their_path_that_tells_them_apart(tmp_path):
+    from llama_squad.summary import run_names
+
+    runs = tmp_path / "runs"
+    assert run_names([runs / "a" / "eval" / "results.csv", runs / "b" / "eval" / "results.csv"]) == ["a", "b"]
+    twins = [tmp_path / folder / "a" / "eval" / "results.csv" for folder in ("x", "y")]
+    assert run_names(twins) == ["x/a", "y/a"]
+    assert run_names([tmp_path / "a" / "results.csv", tmp_path / "other.csv"]) == ["a", "other"]
+
+
+def test_the_printed_table_is_narrow_unless_all(tmp_path, capsys):
+    write(tmp_path / "runs" / "a" / "eval" / "results.csv", ROWS)
+    path = str(tmp_path / "runs" / "a" / "eval" / "results.csv")
+    assert summarize_results.main([path]) == 0
+    header = capsys.readouterr().out.splitlines()[0]
+    assert [c.strip() for c in header.strip("|").split("|")] == [
+        "run",
+        "task",
+        "constrain",
+        "status",
+        "total",
+        "valid_json",
+        "exact",
+        "f1",
+        "HasAns_exact",
+        "NoAns_exact",
+    ]
+    assert summarize_results.main([path, "--all"]) == 0
+    assert "exact_valid_json" in capsys.readouterr().out.splitlines()[0]

@@ -29,16 +29,17 @@ ORACLE = "oracle_"  # the prefix of the metrics under the threshold that is best
 
 
 def has_probabilities(results: pd.DataFrame) -> bool:
-    """Whether a run's rows carry the no-answer probability (files written before it do not)."""
-    return "no_answer_prob" in results.columns
+    """Whether a run's rows carry the no-answer probability (files written before it do not; beam search reads
+    none)."""
+    return "no_answer_prob" in results.columns and bool(results["no_answer_prob"].notna().any())
 
 
 def require_probabilities(results: pd.DataFrame, where: str) -> None:
     """Refuse rows without ``no_answer_prob``: a threshold has nothing to act on."""
     if not has_probabilities(results):
         raise InputError(
-            f"{where}: its rows have no no_answer_prob column (written before test.py read it): a no-answer "
-            "threshold has nothing to act on; answer the questions again with test.py (--overwrite)"
+            f"{where}: its rows have no no_answer_prob (written before test.py read it, or by beam search): a "
+            "no-answer threshold has nothing to act on; answer the questions again with test.py (--overwrite)"
         )
 
 

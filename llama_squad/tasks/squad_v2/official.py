@@ -21,7 +21,7 @@ from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
-from llama_squad.cli import exit_code_of, setup_logging
+from llama_squad.cli import exit_code_of, parse_strictly, setup_logging
 from llama_squad.files import InputError, atomic_write_json, read_json
 
 logger = logging.getLogger(__name__)
@@ -389,7 +389,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Score a predictions file: print the scores as JSON, also to ``--out_file``. 0 on success, 1 on bad input."""
-    args = build_parser().parse_args(argv)
+    args = parse_strictly(build_parser(), argv)
     setup_logging()
     try:
         dataset = read_squad_data(args.data_file)

@@ -271,7 +271,17 @@ def read_squad(path: str | Path, *, skip_invalid: bool = False, seen_ids: set[st
 def read_hub_split(hub_dataset: str, split: str, validator_state: set[str], skip_invalid: bool) -> list[Record]:
     """Validated records of a split of a Hub dataset with SQuAD's fields (needs network access to the Hub)."""
     from datasets import load_dataset
+    from huggingface_hub.constants import HF_HUB_OFFLINE
 
+    from llama_squad.models import hub_unreachable
+
+    unreachable = None if HF_HUB_OFFLINE else hub_unreachable()
+    if unreachable:
+        raise InputError(
+            f"--hub_dataset {hub_dataset}: the Hub cannot be reached ({unreachable}): pass the official JSON files "
+            "(--train_file/--test_file), or download the dataset where there is a network and run with "
+            "HF_HUB_OFFLINE=1"
+        )
     try:
         rows = load_dataset(hub_dataset, split=split)
     except (OSError, ValueError) as e:  # not on the Hub, offline and not cached, no such split
