@@ -45,7 +45,10 @@ demo-squad_v2:
 	$(PY) test.py --dataset_path $(DEMO_DIR)/squad_v2/data --adapter_path $(DEMO_DIR)/squad_v2/model \
 		--output_dir $(DEMO_DIR)/squad_v2/eval --batch_size 8 --max_new_tokens 32
 	$(PY) summarize_results.py $(DEMO_DIR)/squad_v2/eval/results.csv --plot $(DEMO_DIR)/squad_v2/summary.png
-	@echo "demo: data, adapter (+ merged model, loss.png) and results are in $(DEMO_DIR)/squad_v2"
+	@echo "demo: done, in $(DEMO_DIR)/squad_v2:"
+	@echo "  adapter $(DEMO_DIR)/squad_v2/model (its card README.md with the scores, loss.png; the merged model in merged/)"
+	@echo "  results $(DEMO_DIR)/squad_v2/eval/results.csv and metrics.json; chart $(DEMO_DIR)/squad_v2/summary.png"
+	@echo "  ask it: $(PY) -m llama_squad.chat --adapter_path $(DEMO_DIR)/squad_v2/model"
 
 demo-multiwoz:
 	rm -rf $(DEMO_DIR)/multiwoz
@@ -57,7 +60,10 @@ demo-multiwoz:
 	$(PY) test.py --dataset_path $(DEMO_DIR)/multiwoz/data --adapter_path $(DEMO_DIR)/multiwoz/model \
 		--output_dir $(DEMO_DIR)/multiwoz/eval --batch_size 16 --max_new_tokens 16
 	$(PY) summarize_results.py $(DEMO_DIR)/multiwoz/eval/results.csv --plot $(DEMO_DIR)/multiwoz/summary.png
-	@echo "demo: data, adapter and results are in $(DEMO_DIR)/multiwoz"
+	@echo "demo: done, in $(DEMO_DIR)/multiwoz:"
+	@echo "  adapter $(DEMO_DIR)/multiwoz/model (its card README.md with the scores, loss.png)"
+	@echo "  results $(DEMO_DIR)/multiwoz/eval/results.csv and metrics.json; chart $(DEMO_DIR)/multiwoz/summary.png"
+	@echo "  ask it: $(PY) -m llama_squad.chat --adapter_path $(DEMO_DIR)/multiwoz/model --task multiwoz"
 
 bench: install
 	$(PY) benchmarks/bench_dataset.py

@@ -110,8 +110,7 @@ def evaluate(args: TestArguments, model_args: ModelLoadingArguments, options: Ge
     from llama_squad.files import InputError
     from llama_squad.summary import run_name
 
-    # 1. Check the options, the questions (and those to calibrate on), the model's and adapter's files before
-    # loading anything heavy.
+    # 1. Check the options, the questions (and those to calibrate on), the model's files before loading anything.
     problems = args.problems() + options.problems()
     if problems:
         raise InputError("invalid options:\n  - " + "\n  - ".join(problems))
@@ -152,11 +151,8 @@ def evaluate(args: TestArguments, model_args: ModelLoadingArguments, options: Ge
         )  # fmt: skip
         for r in runs.values():
             r.start(info, overwrite=args.overwrite)
-            answered, seconds = r.answer(answerer, args.batch_size)
-            if answered:
-                logger.info(
-                    "answered %d questions in %.1f s (%.2f questions/s)", answered, seconds, answered / seconds
-                )
+            if answered := r.answer(answerer, args.batch_size):
+                logger.info("answered %d questions in %.1f s (%.2f questions/s)", *answered, answered[0] / answered[1])
         if not run.is_main:
             return
 
@@ -164,8 +160,10 @@ def evaluate(args: TestArguments, model_args: ModelLoadingArguments, options: Ge
         # calibration split) the calibrated scores and the oracle ceiling too.
         thresholds, source = evaluation.thresholds_for(args.no_answer_threshold, runs.get(args.calibrate_on))
         rows, metrics = run.finish(thresholds, source)
-    shown = ", ".join(f"{m} {metrics[m]:.1f}" for m in run.task.headline_metrics if isinstance(metrics.get(m), float))
-    logger.info("%s, %d questions: %s", run_name(run.results_csv), len(rows), shown)
+        # 7. The model card of the adapter (or merged model) train.py wrote gets these scores of its test split.
+        if args.split == "test" and args.limit is None:
+            evaluation.update_model_card(args.adapter_path or model_args.model_name_or_path, run.output_dir)
+    logger.info("%s, %d questions: %s", run_name(run.results_csv), len(rows), evaluation.headline(run.task, metrics))
     logger.info("wrote %s and %s", run.results_csv, run.output_dir / "metrics.json")
 
 

@@ -385,6 +385,59 @@ def read_run_config(path: Path) -> dict:
     return resolved
 
 
+def training_folder(model_folder: str | os.PathLike) -> Path | None:
+    """The train.py output folder a model folder belongs to (itself, or the folder its ``merged/`` is in), None for
+    a folder train.py did not write (a card that is not ours is left alone)."""
+    folder = Path(model_folder)
+    for candidate in (folder, folder.parent if folder.name == "merged" else None):
+        if candidate is not None and (candidate / "run_config.yaml").is_file():
+            return candidate
+    return None
+
+
+def refresh_cards(
+    output_dir: str | os.PathLike,
+    metrics_file: str | os.PathLike | None = None,
+    adapter_repo: str | None = None,
+    merged_repo: str | None = None,
+) -> list[Path]:
+    """Write the model cards of a train.py output folder again (the adapter's, and the merged model's if there is one),
+    with the scores of ``metrics_file`` (test.py's metrics.json; default ``output_dir/eval/metrics.json``); returns
+    the cards written."""
+    output_dir = Path(output_dir)
+    resolved = read_run_config(output_dir / "run_config.yaml")
+    dataset_path = resolved["script"]["dataset_path"]
+    card = dict(
+        base_model=resolved["model"]["model_name_or_path"],
+        dataset_path=dataset_path,
+        config=resolved,
+        metrics=read_metrics(output_dir, metrics_file, dataset_path),
+        task=dataset_task(dataset_path),
+        best=best_checkpoint_of(output_dir, resolved),
+    )
+    written = []
+    merged = output_dir / "merged"
+    if (merged / "config.json").is_file():
+        written.append(write_model_card(merged, MERGED, repo_id=merged_repo, **card))
+    kind = ADAPTER if resolved["model"].get("use_peft", True) else MERGED
+    written.append(write_model_card(output_dir, kind, repo_id=adapter_repo, **card))
+    return written
+
+
+def best_checkpoint_of(output_dir: Path, resolved: dict) -> dict | None:
+    """The checkpoint the folder's weights are from, as train.py's cards say it (--load_best_model_at_end)."""
+    from types import SimpleNamespace
+
+    from llama_squad.resume import best_checkpoint, saved_state
+
+    training = resolved.get("training") or {}
+    options = SimpleNamespace(
+        load_best_model_at_end=bool(training.get("load_best_model_at_end")),
+        metric_for_best_model=training.get("metric_for_best_model"),
+    )
+    return best_checkpoint(saved_state(str(output_dir)), options)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The command line of ``python -m llama_squad.export``."""
     parser = argparse.ArgumentParser(
@@ -417,21 +470,11 @@ def main(argv: list[str] | None = None) -> int:
             raise InputError(f"--hub_repo_id: {merged} holds no merged model (train with --merge)")
         if not (output_dir / "run_config.yaml").is_file():
             raise InputError(f"{output_dir}: no run_config.yaml: not a train.py output folder")
-        resolved = read_run_config(output_dir / "run_config.yaml")
-        card = dict(
-            base_model=resolved["model"]["model_name_or_path"],
-            dataset_path=resolved["script"]["dataset_path"],
-            config=resolved,
-            metrics=read_metrics(output_dir, args.metrics_file, resolved["script"]["dataset_path"]),
-            task=dataset_task(resolved["script"]["dataset_path"]),
-        )
-        use_peft = resolved["model"].get("use_peft", True)
-        if (merged / "config.json").is_file():
-            logger.info("wrote %s", write_model_card(merged, MERGED, repo_id=args.hub_repo_id, **card))
-        kind = ADAPTER if use_peft else MERGED
-        logger.info("wrote %s", write_model_card(output_dir, kind, repo_id=args.push_adapter, **card))
+        for path in refresh_cards(output_dir, args.metrics_file, args.push_adapter, args.hub_repo_id):
+            logger.info("wrote %s", path)
         if args.push_adapter:
-            push_adapter(output_dir, args.push_adapter, card["base_model"])
+            resolved = read_run_config(output_dir / "run_config.yaml")
+            push_adapter(output_dir, args.push_adapter, resolved["model"]["model_name_or_path"])
         if args.hub_repo_id:
             push_folder(merged, args.hub_repo_id)
     except Exception as e:  # bad input, no Hub, a full disk: one line naming it and the fix; a bug: its traceback

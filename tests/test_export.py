@@ -266,3 +266,38 @@ def test_push_adapter_without_peft_is_refused(tmp_path, caplog, tiny_model_dir, 
                       "--push_adapter", "me/x")  # fmt: skip
     assert train.main(argv) == 1
     assert "--push_adapter me/x: there is no adapter without --use_peft" in caplog.text
+
+
+def test_test_py_writes_its_scores_into_the_card_of_the_adapter_it_evaluated(
+    tmp_path, tiny_model_dir, tiny_dataset_dir
+):
+    """After train.py, the card says "Not evaluated yet"; test.py on the test split puts its scores in the card's
+    model-index (the abstention ones too) and its table; a folder train.py did not write keeps its card."""
+    from test_training import train_argv
+
+    import test as test_script
+
+    out = tmp_path / "model"
+    assert (
+        train.main(train_argv(tiny_model_dir, tiny_dataset_dir, out, "--max_steps", "1", "--eval_strategy", "no")) == 0
+    )
+    assert "Not evaluated yet" in (out / "README.md").read_text()
+    evaluation = out / "eval"
+    argv = ["--model_name_or_path", str(tiny_model_dir), "--adapter_path", str(out), "--dataset_path",
+            str(tiny_dataset_dir), "--output_dir", str(evaluation), "--max_new_tokens", "4"]  # fmt: skip
+    assert test_script.main(argv) == 0
+    card = (out / "README.md").read_text()
+    metrics = json.loads((evaluation / "metrics.json").read_text())
+    assert "Not evaluated yet" not in card and f"| exact | {metrics['exact']:.2f} |" in card
+    for name in ("Exact match", "F1", "Exact match, unanswerable questions (abstention)", "Valid JSON"):
+        assert f"name: {name}" in card
+    assert f"name: {out.name}" in card  # the run's name, not "model"
+
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    for name in ("adapter_config.json", "adapter_model.safetensors"):
+        (foreign / name).write_bytes((out / name).read_bytes())
+    (foreign / "README.md").write_text("my own card\n")
+    argv = [*argv[:3], str(foreign), *argv[4:-3], str(tmp_path / "eval2"), "--max_new_tokens", "4"]
+    assert test_script.main(argv) == 0
+    assert (foreign / "README.md").read_text() == "my own card\n"

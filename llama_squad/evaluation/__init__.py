@@ -14,14 +14,16 @@ from llama_squad.evaluation.pipeline import answer_examples, results_rows, save_
 from llama_squad.evaluation.runs import (
     CALIBRATION_DIR,
     EvaluationRun,
+    headline,
     load_calibration_examples,
     process_state,
     thresholds_for,
+    update_model_card,
 )
 
 __all__ = [
     "ANSWER_PREFIX", "Answerer", "Conversation", "load_answerer", "start_conversation", "batches_by_length",
     "batches_of_groups", "prefix_groups", "dataset_fingerprint", "load_examples", "run_settings", "share",
     "answer_examples", "results_rows", "save_metrics", "warn_beyond_context", "EvaluationRun", "process_state",
-    "CALIBRATION_DIR", "load_calibration_examples", "thresholds_for",
+    "CALIBRATION_DIR", "load_calibration_examples", "thresholds_for", "update_model_card", "headline",
 ]  # fmt: skip

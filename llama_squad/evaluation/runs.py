@@ -72,15 +72,16 @@ class EvaluationRun:
             results.start_run(self.output_dir, self.settings, len(self.examples), info, overwrite=overwrite)
         self.state.wait_for_everyone()
 
-    def answer(self, answerer, batch_size: int) -> tuple[int, float]:
+    def answer(self, answerer, batch_size: int) -> tuple[int, float] | None:
         """Answer this process's questions in batches, appending scored rows to results.csv (to this process's shard
-        in a distributed run); every process then waits for the others. Returns (questions answered now, seconds)."""
+        in a distributed run); every process then waits for the others. Returns (questions answered now, seconds),
+        None when none was left."""
         own = self.results_csv if self.state.num_processes == 1 else results.shard_path(self.output_dir, self.rank)
         answered, seconds = answer_examples(
             answerer, self.mine, own, batch_size, progress=self.is_main, skip_ids=self.done
         )
         self.state.wait_for_everyone()
-        return answered, seconds
+        return (answered, seconds) if answered else None
 
     @property
     def rank(self) -> int:
@@ -150,3 +151,28 @@ def thresholds_for(given: float | None, calibration: "EvaluationRun | None"):
     atomic_write_json(calibration.output_dir / "calibration.json", record)
     logger.info("no-answer threshold chosen on %s: %s", source, thresholds)
     return thresholds, source
+
+
+def update_model_card(model_folder: str, evaluation_folder: str | os.PathLike) -> list:
+    """Write the scores of an evaluation (its metrics.json) into the model cards of the train.py output folder the
+    evaluated adapter or merged model belongs to; a folder train.py did not write keeps its card. A card that cannot
+    take them (another task's scores) is logged, never an error of the evaluation. Returns the cards written."""
+    from llama_squad import export
+    from llama_squad.files import InputError
+
+    folder = export.training_folder(model_folder) if Path(model_folder).is_dir() else None
+    if folder is None:
+        return []
+    try:
+        written = export.refresh_cards(folder, Path(evaluation_folder) / "metrics.json")
+    except InputError as e:
+        logger.warning("the model cards of %s keep their scores: %s", folder, e)
+        return []
+    for path in written:
+        logger.info("wrote the scores into %s", path)
+    return written
+
+
+def headline(task, metrics: dict) -> str:
+    """The task's headline metrics in one line: ``exact 46.4, f1 58.8, ...``."""
+    return ", ".join(f"{m} {metrics[m]:.1f}" for m in task.headline_metrics if isinstance(metrics.get(m), float))

@@ -52,7 +52,12 @@ class MultiWOZ(Task):
         task_type="text-generation",
         task_name="Dialogue state tracking",
         hub_dataset=None,
-        metrics={"jga": ("accuracy", "Joint goal accuracy"), "slot_f1": ("f1", "Slot F1")},
+        metrics={
+            "jga": ("accuracy", "Joint goal accuracy"),
+            "jga_fuzzy": ("accuracy", "Joint goal accuracy, fuzzy matching"),
+            "slot_f1": ("f1", "Slot F1"),
+            "valid_json": ("accuracy", "Valid JSON"),
+        },
     )
 
     build_dataset = staticmethod(dataset.build_dataset)

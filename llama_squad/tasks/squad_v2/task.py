@@ -35,6 +35,8 @@ class SquadV2(Task):
         metrics={
             "exact": ("exact_match", "Exact match"),
             "f1": ("f1", "F1"),
+            "HasAns_exact": ("exact_match", "Exact match, answerable questions"),
+            "NoAns_exact": ("exact_match", "Exact match, unanswerable questions (abstention)"),
             "valid_json": ("accuracy", "Valid JSON"),
         },
     )
