@@ -1,4 +1,4 @@
-"""Build a chat-formatted prompt/completion dataset with JSON answers from raw SQuAD v2 or MultiWOZ data.
+r"""Build a chat-formatted prompt/completion dataset with JSON answers from raw SQuAD v2 or MultiWOZ data.
 
 SQuAD v2 with the dev-split protocol (train on dev articles 0-24, test on 25-34):
 
@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 2
     task = get_task(name)
-    (args,) = parse_dataclasses([task.Arguments], argv)
+    (args,) = parse_dataclasses([task.Arguments], argv, description=__doc__)
     logger.debug("arguments: %s", args)
     try:
         check_output_dir(args.output_dir, args.overwrite)  # 1. fail before the work, not after it

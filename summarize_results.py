@@ -12,14 +12,15 @@ import argparse
 import logging
 import sys
 
-from llama_squad.cli import exit_code_of, parse_strictly, setup_logging
+from llama_squad.cli import HelpFormatter, exit_code_of, parse_strictly, setup_logging
 from llama_squad.summary import format_table, headline, plot_summary, summarize_files, write_table
 
 logger = logging.getLogger("summarize_results")
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def build_parser() -> argparse.ArgumentParser:
+    """The command line: results files, and what to write besides the printed table."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("results", nargs="+", help="results.csv files written by test.py (or their folders)")
     parser.add_argument("--output", help="also write the table to this file (.csv or .md)")
     parser.add_argument("--format", choices=["markdown", "csv"], default="markdown", help="how to print the table")
@@ -27,7 +28,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--all", action="store_true", help="every metric in the table, not only the headline ones (files get all)"
     )
-    args = parse_strictly(parser, argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_strictly(build_parser(), argv)
     setup_logging()
     try:
         table = summarize_files(args.results)

@@ -1,4 +1,4 @@
-"""Answer the test split of a create_dataset.py dataset in batches and score every answer: one results row per
+r"""Answer the test split of a create_dataset.py dataset in batches and score every answer: one results row per
 question in OUTPUT_DIR/results.csv, the run's metrics in OUTPUT_DIR/metrics.json.
 
     python test.py --dataset_path data/squad_v2_dev_split --adapter_path output/smollm2 \
@@ -95,8 +95,11 @@ class TestArguments:
         return problems
 
 
+ARGUMENTS = [TestArguments, ModelLoadingArguments, GenerationOptions]  # the options, in --help's order
+
+
 def main(argv: list[str] | None = None) -> int:
-    args, model_args, options = parse_dataclasses([TestArguments, ModelLoadingArguments, GenerationOptions], argv)
+    args, model_args, options = parse_dataclasses(ARGUMENTS, argv, description=__doc__)
     setup_logging()
     try:
         evaluate(args, model_args, options)

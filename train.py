@@ -1,4 +1,4 @@
-"""Fine-tune a chat model on a create_dataset.py dataset with TRL's SFTTrainer: LoRA or QLoRA, loss only on the
+r"""Fine-tune a chat model on a create_dataset.py dataset with TRL's SFTTrainer: LoRA or QLoRA, loss only on the
 answer tokens and the token that ends the assistant turn.
 
 A recipe, with command-line overrides:
@@ -43,10 +43,11 @@ from llama_squad.generation import GenerationOptions
 logger = logging.getLogger("train")
 
 
+ARGUMENTS = [ModelArguments, ScriptArguments, TrainConfig, GenerationOptions]  # the options, in --help's order
+
+
 def main(argv: list[str] | None = None) -> int:
-    model_args, script_args, config, options = parse_dataclasses(
-        [ModelArguments, ScriptArguments, TrainConfig, GenerationOptions], argv
-    )
+    model_args, script_args, config, options = parse_dataclasses(ARGUMENTS, argv, description=__doc__)
     setup_logging(logging.DEBUG if config.log_level == "debug" else logging.INFO)  # debug: the resolved options too
     from llama_squad.export import HubAccessError
 

@@ -274,11 +274,14 @@ def build_app(chat: Chat):
 # ---------------------------------------------------------------------------------------------------- main
 
 
+ARGUMENTS = [ChatArguments, ModelLoadingArguments, GenerationOptions]  # the options, in --help's order
+
+
 def main(argv: list[str] | None = None) -> int:
     """Load the model, then ask in the terminal or serve the page. 0 on success, 1 on bad input."""
     from llama_squad.cli import exit_code_of, parse_dataclasses, setup_logging
 
-    args, model_args, options = parse_dataclasses([ChatArguments, ModelLoadingArguments, GenerationOptions], argv)
+    args, model_args, options = parse_dataclasses(ARGUMENTS, argv, description=__doc__)
     setup_logging()
     try:
         chat = load_chat(args, model_args, options)

@@ -1,5 +1,6 @@
 """Shared plumbing of the top-level scripts: logging setup and dataclass argument parsing."""
 
+import argparse
 import dataclasses
 import errno
 import logging
@@ -47,13 +48,24 @@ REPLACED_OPTIONS = {
 }
 
 
-def parse_dataclasses(types, argv: list[str] | None = None):
-    """Parse ``argv`` into instances of ``types`` with TRL's parser: ``--config recipe.yaml`` gives the values,
-    command-line options override them, and unknown options or YAML keys are an error (naming the new option where
-    one replaced them, see ``REPLACED_OPTIONS``)."""
+class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """``--help`` as the scripts show it: the description as written (its commands ready to paste), every option's
+    help with its default."""
+
+
+def dataclass_parser(types, description: str | None = None):
+    """TRL's parser of ``types`` (``--config recipe.yaml`` and the dataclasses' fields as options), whose ``--help``
+    opens with ``description`` (the script's docstring)."""
     from trl import TrlParser
 
-    parser = TrlParser(list(types))
+    return TrlParser(list(types), description=description, formatter_class=HelpFormatter)
+
+
+def parse_dataclasses(types, argv: list[str] | None = None, description: str | None = None):
+    """Parse ``argv`` into instances of ``types`` with TRL's parser: ``--config recipe.yaml`` gives the values,
+    command-line options override them, and unknown options or YAML keys are an error (naming the new option where
+    one replaced them, see ``REPLACED_OPTIONS``, or the closest one). ``description``: what ``--help`` opens with."""
+    parser = dataclass_parser(types, description)
     args = list(sys.argv[1:] if argv is None else argv)
     path = config_path(args)
     recipe = {}

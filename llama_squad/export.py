@@ -440,9 +440,10 @@ def best_checkpoint_of(output_dir: Path, resolved: dict) -> dict | None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The command line of ``python -m llama_squad.export``."""
+    from llama_squad.cli import HelpFormatter
+
     parser = argparse.ArgumentParser(
-        prog="python -m llama_squad.export",
-        description="Rewrite the model cards of a train.py output folder (with test.py's scores) and push.",
+        prog="python -m llama_squad.export", description=__doc__, formatter_class=HelpFormatter
     )
     parser.add_argument("output_dir", help="train.py's output_dir (adapter, run_config.yaml, maybe merged/).")
     parser.add_argument(

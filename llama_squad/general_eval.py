@@ -270,11 +270,14 @@ def run(args: GeneralEvalArguments) -> list[dict]:
     return rows
 
 
+ARGUMENTS = [GeneralEvalArguments]  # the options of the command line
+
+
 def main(argv: list[str] | None = None) -> int:
     """Compare base and tuned model; 0 on success, 1 on bad input."""
     from llama_squad.cli import exit_code_of, parse_dataclasses, setup_logging
 
-    (args,) = parse_dataclasses([GeneralEvalArguments], argv)
+    (args,) = parse_dataclasses(ARGUMENTS, argv, description=__doc__)
     setup_logging()
     try:
         run(args)

@@ -358,9 +358,10 @@ def read_na_probs(path: str | Path) -> dict[str, float]:
 
 def build_parser() -> argparse.ArgumentParser:
     """The command line of ``python -m llama_squad.squad_eval`` (official spellings accepted as aliases)."""
+    from llama_squad.cli import HelpFormatter
+
     parser = argparse.ArgumentParser(
-        prog="python -m llama_squad.squad_eval",
-        description="Official SQuAD v2 scores (the numbers of evaluate-v2.0.py) of a predictions file.",
+        prog="python -m llama_squad.squad_eval", description=__doc__, formatter_class=HelpFormatter
     )
     parser.add_argument("data_file", help="Official SQuAD v2 JSON with the gold answers, e.g. dev-v2.0.json.")
     parser.add_argument("pred_file", help='JSON object: question id → predicted answer text ("" for no answer).')
