@@ -357,7 +357,7 @@ CASES = [
          then=squad_args(*SQUAD_ARGS, "--config", "{tmp}/r.yaml")),
          "--max_train_questions True: expected an integer or null"),
     Case("config-unknown-key", with_files(write("r.yaml", "task: squad_v2\nlearning_rate: 0.1\n"),
-         then=squad_args(*SQUAD_ARGS, "--config", "{tmp}/r.yaml")), "Unknown arguments from config file", code=2),
+         then=squad_args(*SQUAD_ARGS, "--config", "{tmp}/r.yaml")), "r.yaml: unknown key 'learning_rate'", code=2),
     # ------------------------------------------------------------------ MultiWOZ options
     Case("mw-max-dialogues-zero", multiwoz_args("--train_file", "x", "--test_file", "y", "--max_dialogues_per_split",
          "0"), "--max_dialogues_per_split 0: give a positive number"),

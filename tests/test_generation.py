@@ -1,6 +1,7 @@
 """test.py on a tiny random model: batching does not change greedy answers, rows are scored, runs resume."""
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -119,6 +120,7 @@ def test_undefined_metrics_are_written_as_null(tmp_path):
 
 
 def test_results_and_metrics_files(tiny_model_dir, tiny_dataset_dir, tmp_path, caplog):
+    caplog.set_level(logging.INFO)
     out = tmp_path / "eval"
     assert test_script.main(run_test_py(tiny_model_dir, tiny_dataset_dir, out, "--batch_size", "3")) == 0
     results = read_results(out / "results.csv")
@@ -127,7 +129,7 @@ def test_results_and_metrics_files(tiny_model_dir, tiny_dataset_dir, tmp_path, c
     assert metrics["task"] == "squad_v2" and list(metrics)[:2] == ["task", "total"]  # export checks the task
     assert metrics["total"] == 8 and metrics["HasAns_total"] == 4
     assert metrics["exact"] == pytest.approx(100 * results["exact"].mean(), abs=1e-4)
-    assert f"eval, 8 questions: valid_json {metrics['valid_json']:.1f}, exact {metrics['exact']:.1f}" in caplog.text
+    assert f"{tmp_path.name}, 8 questions: valid_json {metrics['valid_json']:.1f}, exact {metrics['exact']:.1f}" in caplog.text
     assert (results["completion_tokens"] > 0).all() and (results["prompt_tokens"] > 50).all()
 
 
