@@ -1,31 +1,50 @@
 """Ask a tuned model questions in the terminal or on a Gradio page: the training data's prompts, test.py's answers.
 
-    python -m llama_squad.chat --adapter_path output/smollm2                      # SQuAD: a context, then questions
-    python -m llama_squad.chat --adapter_path output/smollm2-multiwoz21 --task multiwoz   # a dialogue, then slots
-    python -m llama_squad.chat --adapter_path output/smollm2 --app                # a page on http://127.0.0.1:7860
+    python -m llama_squad.chat --force_answer                                     # the embedded model alone
+    python -m llama_squad.chat --adapter_path demo_output/squad_v2/model          # make demo's SQuAD adapter
+    python -m llama_squad.chat --adapter_path demo_output/multiwoz/model          # its MultiWOZ one: slots
+    python -m llama_squad.chat --adapter_path demo_output/squad_v2/model --app    # a page on http://127.0.0.1:7860
 
-The prompt is built by the task's own ``build_messages`` (as create_dataset.py builds it: give the same
-``--system_prompt`` and ``--prompt`` as the dataset the model was trained on), and answered by test.py's model loading
-and ``Generator``: the same question gets test.py's answer (greedy). Tokens are printed as they come. ``--app`` needs
-Gradio: ``pip install -e ".[chat]"``.
+In the terminal: paste a context (a dialogue for multiwoz), blank lines and all, and end it with a line holding
+only "."; then ask questions about it (slot names for multiwoz), one a line; an empty line starts a new context;
+exit, quit or Ctrl-D leaves. The page (--app; pip install -e ".[chat]") has a tab per task the model was trained
+for (every task where its folder holds no record of it): Enter asks.
+
+The prompt is built by the task, as create_dataset.py builds it (give the same --system_prompt and --prompt as the
+dataset the model was trained on), and answered by test.py's model loading and Generator: the same question gets
+test.py's answer (greedy). Tokens are shown as they come.
 """
 
 import logging
+import os
 import sys
 import threading
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
+from pathlib import Path
 
 from llama_squad.answers import parse_json_answer
 from llama_squad.config import ModelLoadingArguments
 from llama_squad.evaluation.answering import ANSWER_PREFIX, Answerer, load_answerer, start_conversation
 from llama_squad.generation import GenerationOptions
-from llama_squad.tasks import get_task, task_names
+from llama_squad.tasks import all_tasks, get_task, task_names
 from llama_squad.tasks.common import DEFAULT_SYSTEM_PROMPT
 
 logger = logging.getLogger(__name__)
 
 UNREADABLE_TEXT = "(no answer could be read from the model's output)"
+END_OF_TEXT = "."  # the terminal: a line holding only this ends a context (a text of several paragraphs is read whole)
+LEAVE_WORDS = ("exit", "quit")  # the terminal: a line holding only one of these leaves
+
+
+def task_option_choices(name: str) -> tuple[str, ...]:
+    """The values the tasks' ``create_dataset.py`` option ``name`` takes (the chat's --prompt is their --prompt)."""
+    choices: list[str] = []
+    for task in all_tasks():
+        for option in fields(task.Arguments):
+            if option.name == name:
+                choices += [c for c in option.metadata.get("choices", ()) if c not in choices]
+    return tuple(choices)
 
 
 @dataclass
@@ -34,16 +53,27 @@ class ChatArguments:
     prompts are built, and where the page is served."""
 
     adapter_path: str | None = field(
-        default=None, metadata={"help": "A LoRA adapter folder (train.py's output_dir) to apply to the model."}
+        default=None,
+        metadata={
+            "help": "A LoRA adapter folder (train.py's output_dir, or a checkpoint-N in it) to apply to the model "
+            "(none: the model answers alone)."
+        },
     )
-    task: str = field(
-        default=task_names()[0],
-        metadata={"help": "In the terminal: squad_v2 (a context, then questions) or multiwoz (a dialogue, then "
-                  "slots). The page has every task.", "choices": task_names()},
-    )  # fmt: skip
+    task: str | None = field(
+        default=None,
+        metadata={
+            "help": "The task the terminal asks (a context, then questions; or a dialogue, then slots). Default: the "
+            "one the model was trained for (as its folder records it), else the first. The page has a tab per task "
+            "the model was trained for.",
+            "choices": task_names(),
+        },
+    )
     prompt: str = field(
         default="single_turn",
-        metadata={"help": "SQuAD prompt style of the training data: single_turn or multi_turn."},
+        metadata={
+            "help": "The SQuAD prompt style of the training data (create_dataset.py's --prompt).",
+            "choices": task_option_choices("prompt"),
+        },
     )
     system_prompt: str = field(
         default=DEFAULT_SYSTEM_PROMPT,
@@ -91,18 +121,75 @@ class Answer:
 class Chat:
     """Builds the task's prompt for a question and answers it with an :class:`Answerer`, streaming the tokens."""
 
-    def __init__(self, answerer: Answerer | None, options: "ChatArguments | None" = None):
+    def __init__(
+        self,
+        answerer: Answerer | None,
+        options: "ChatArguments | None" = None,
+        model: str = "",
+        trained_for: list[str] | None = None,
+    ):
         self.answerer = answerer
         self.options = options if options is not None else ChatArguments()  # how the training data was prompted
+        self.model = model  # --model_name_or_path (with @revision where not main)
+        self.trained_for = trained_for  # the tasks the model was trained for (trained_tasks); None: no record
         self._lock = threading.Lock()  # one question at a time: the generator's streamer is shared
+
+    @property
+    def trained(self) -> list[str]:
+        """The registered tasks the model was trained for, as recorded ([] without a record)."""
+        return [name for name in task_names() if name in (self.trained_for or ())]
+
+    @property
+    def tasks(self) -> list[str]:
+        """The tasks to offer: those the model was trained for, every task where there is no record of them."""
+        return self.trained or task_names()
+
+    def describe(self) -> str:
+        """What answers, in one line: the model, the adapter, and the tasks it was trained for."""
+        adapter = self.options.adapter_path
+        text = f"`{self.model}`" + (f" with the adapter `{adapter}`" if adapter else "")
+        if self.trained:
+            return text + ", trained for " + ", ".join(get_task(name).title for name in self.trained) + "."
+        if adapter:
+            return text + " (no record of the task it was trained for)."
+        return text + " (no adapter)."
+
+    def task_to_ask(self, requested: str | None) -> str:
+        """The task the terminal asks: ``requested`` (--task; a warning if the model was not trained for it), else
+        the first the model was trained for."""
+        if requested is None:
+            return self.tasks[0]
+        if self.trained and requested not in self.trained:
+            logger.warning(
+                "--task %s: the model was trained for %s only; it answers %s's prompts untrained",
+                requested, ", ".join(self.trained), requested,
+            )  # fmt: skip
+        return requested
 
     def form(self, task: str):
         """How the chat asks the questions of ``task`` (its :class:`llama_squad.tasks.base.ChatForm`)."""
         return get_task(task).chat_form(self.options)
 
+    def missing(self, task: str, material: str, question: str | None = None) -> str | None:
+        """What the user left out, in one line (no text; with ``question``: no question either); None if nothing."""
+        form = self.form(task)
+        if not material.strip():
+            return f"No {form.material_name.lower()}: paste one first."
+        if question is not None and not question.strip():
+            verb = "choose" if form.choices else "type"
+            return f"No {form.question_name.lower()}: {verb} one about the {form.material_name.lower()}."
+        return None
+
     def messages(self, task: str, material: str, question: str) -> tuple[list[dict], list[dict]]:
         """(prompt, completion) of a question about ``material``, built by the task as its dataset builds them (the
-        completion's assistant turns are what the model writes; its user turns are follow-up instructions)."""
+        completion's assistant turns are what the model writes; its user turns are follow-up instructions). An empty
+        text or question, or one the task cannot ask (an unknown slot), raises
+        :class:`llama_squad.files.InputError` saying so in one line."""
+        from llama_squad.files import InputError
+
+        problem = self.missing(task, material, question)
+        if problem:
+            raise InputError(problem)
         return get_task(task).chat_messages(material, question, self.options)
 
     def stream(self, task: str, messages: tuple[list[dict], list[dict]]) -> Iterator[str | Answer]:
@@ -155,6 +242,40 @@ class Chat:
         raise RuntimeError("the model gave no answer")  # stream always ends with one
 
 
+def trained_tasks(path: str | os.PathLike | None) -> list[str] | None:
+    """The tasks the model in a folder (an adapter, a checkpoint-N or merged folder in train.py's output_dir) was
+    trained for, as train.py recorded them: the task of the dataset its run_config.yaml names (script.dataset_path),
+    else the tasks its model card (README.md) lists in its tags. None without a record (a base model, a Hub id)."""
+    import yaml
+    from huggingface_hub.repocard import metadata_load
+
+    from llama_squad.export import dataset_task
+    from llama_squad.outputs import MERGED_DIR
+
+    if path is None or not Path(path).expanduser().is_dir():
+        return None
+    folder = Path(path).expanduser()
+    places = [folder] + ([folder.parent] if folder.name.startswith("checkpoint-") or folder.name == MERGED_DIR else [])
+    for place in places:
+        try:
+            resolved = yaml.safe_load((place / "run_config.yaml").read_text(encoding="utf-8"))
+            dataset_path = resolved["script"]["dataset_path"]
+        except (OSError, UnicodeDecodeError, yaml.YAMLError, KeyError, TypeError):
+            continue
+        task = dataset_task(dataset_path) if isinstance(dataset_path, str) else None  # None: the dataset is gone
+        if task in task_names():
+            return [task]
+    for place in places:
+        try:
+            tags = (metadata_load(place / "README.md") or {}).get("tags") or []
+        except (OSError, UnicodeDecodeError, yaml.YAMLError, ValueError, AttributeError):
+            continue
+        found = [name for name in task_names() if name in ([tags] if isinstance(tags, str) else tags)]
+        if found:
+            return found
+    return None
+
+
 def load_chat(args: ChatArguments, model_args: ModelLoadingArguments, options: GenerationOptions) -> Chat:
     """The model (as test.py loads it) and a :class:`Chat` around it."""
 
@@ -170,43 +291,68 @@ def load_chat(args: ChatArguments, model_args: ModelLoadingArguments, options: G
     answerer = load_answerer(
         model_args, options, adapter_path=args.adapter_path, merge_adapter=args.merge_adapter, seed=args.seed
     )
-    return Chat(answerer, args)
+    revision = model_args.model_revision
+    model = model_args.model_name_or_path + (f"@{revision}" if revision and revision != "main" else "")
+    return Chat(
+        answerer, args, model=model, trained_for=trained_tasks(args.adapter_path or model_args.model_name_or_path)
+    )
 
 
 # ---------------------------------------------------------------------------------------------------- terminal
 
 
-def _read_block(read: Callable[[str], str], label: str) -> str | None:
-    """Lines typed until an empty one, joined; None at end of input."""
-    lines = []
-    prompt = f"{label} (end with an empty line; Ctrl-D quits):\n"
+def wants_to_leave(line: str) -> bool:
+    """Whether a line typed in the terminal asks to leave (exit, quit)."""
+    return line.strip().lower() in LEAVE_WORDS
+
+
+def read_text(read: Callable[[str], str], prompt: str) -> str | None:
+    """The lines typed until one holding only :data:`END_OF_TEXT`, blank lines kept (a text of several paragraphs is
+    read whole) but those around it left out; None when the first line is exit or quit. End of input (Ctrl-D) raises
+    ``EOFError``."""
+    lines: list[str] = []
     while True:
-        try:
-            line = read(prompt)
-        except EOFError:
-            return "\n".join(lines) if lines else None
+        line = read(prompt)
         prompt = ""
-        if not line.strip():
-            if lines:
-                return "\n".join(lines)
-            continue
-        lines.append(line)
+        if line.strip() == END_OF_TEXT:
+            while lines and not lines[-1].strip():
+                lines.pop()
+            return "\n".join(lines)
+        if not lines and wants_to_leave(line):
+            return None
+        if lines or line.strip():
+            lines.append(line)
 
 
 def run_terminal(chat: Chat, task: str, read: Callable[[str], str] = input, out=sys.stdout) -> None:
-    """Ask for a context (or a dialogue), then questions (or slots) about it, until end of input; print each answer
-    as it is generated, then the answer read from it."""
+    """Ask for a context (or a dialogue), then questions (or slots) about it, until exit, quit or end of input; print
+    each answer as it is generated, then the answer read from it. What the user left out, or a question the task
+    cannot ask, gets one line and the question again."""
+    try:
+        _converse(chat, task, read, out)
+    except EOFError:
+        out.write("\n")  # after Ctrl-D the shell's prompt starts a line of its own
+
+
+def _converse(chat: Chat, task: str, read: Callable[[str], str], out) -> None:
     from llama_squad.files import InputError
 
     form = chat.form(task)
+    name = form.material_name.lower()
+    ask_text = (
+        f'{form.material}: paste it, blank lines and all, then a line holding only "{END_OF_TEXT}" (exit quits):\n'
+    )
+    ask_question = f"{form.question} (empty: a new {name}; exit quits): "
     while True:
-        material = _read_block(read, form.material)
+        material = read_text(read, ask_text)
         if material is None:
             return
+        if chat.missing(task, material):
+            out.write(chat.missing(task, material) + "\n")
+            continue
         while True:
-            try:
-                question = read(f"{form.question} (empty: a new {form.material.split()[0].lower()}): ").strip()
-            except EOFError:
+            question = read(ask_question).strip()
+            if wants_to_leave(question):
                 return
             if not question:
                 break
@@ -229,45 +375,67 @@ def run_terminal(chat: Chat, task: str, read: Callable[[str], str] = input, out=
 
 # ---------------------------------------------------------------------------------------------------- page
 
+PAGE_INTRO = (
+    '## llama-squad\nThe model answers from the text alone, in JSON: `{"answer": "..."}`, or `"?"` when the text '
+    "holds no answer. Enter in the question box (Shift+Enter in the text box) asks."
+)
+
 
 def build_app(chat: Chat):
-    """The Gradio page: a tab per task (its text, its question → the model's JSON output and the answer read from it),
-    each an API endpoint named by the task (``/answer`` for SQuAD v2, ``/slot_value`` for MultiWOZ) that returns
-    (model output, answer)."""
+    """The Gradio page: the model and adapter it runs, then a tab per task the model was trained for (its text, its
+    question → the model's JSON output and the answer read from it; Enter asks; examples to fill in), each an API
+    endpoint named by the task (``/answer`` for SQuAD v2, ``/slot_value`` for MultiWOZ) that returns (model output,
+    answer). What the user left out, or a question the task cannot ask, is an error message on the page (and to an
+    API client), never a traceback in the server's log."""
     try:
         import gradio as gr
     except ImportError:
         from llama_squad.files import InputError
 
         raise InputError('--app needs Gradio: pip install -e ".[chat]" (or pip install gradio)') from None
+    from llama_squad.files import InputError
 
     def answerer(task: str):
-        def answer(material: str, question: str) -> Iterator[tuple[str, str]]:
-            if not material.strip() or not question.strip():
-                raise gr.Error(f"Give a {form.material.split()[0].lower()} and a {form.question.split()[0].lower()}.")
-            for item in chat.stream(task, chat.messages(task, material, question)):
+        def answer(material: str | None, question: str | None) -> Iterator[tuple[str, str]]:
+            try:
+                messages = chat.messages(task, material or "", question or "")
+            except InputError as e:  # the user's to fix: a message on the page, no traceback in the log
+                raise gr.Error(str(e), print_exception=False) from None
+            for item in chat.stream(task, messages):
                 yield (item.raw, item.shown) if isinstance(item, Answer) else (item, "")
 
-        form = chat.form(task)
         return answer
 
+    left_out = [get_task(name).title for name in task_names() if name not in chat.tasks]
     with gr.Blocks(title="llama-squad") as app:
+        gr.Markdown(PAGE_INTRO)
         gr.Markdown(
-            '## llama-squad\nThe model answers from the text alone, in JSON: `{"answer": "..."}`, or `"?"` when the '
-            "text holds no answer."
+            f"**Model:** {chat.describe()}"
+            + (f" Not offered: {', '.join(left_out)} (not trained for)." if left_out else ""),
+            elem_id="model",
         )
-        for task in task_names():
+        for task in chat.tasks:
             form = chat.form(task)
             with gr.Tab(form.tab):
-                material = gr.Textbox(label=form.material.split(" (")[0], lines=8, placeholder=form.placeholder)
-                if form.choices:
-                    question = gr.Dropdown(choices=list(form.choices), value=form.choices[0], label=form.question)
+                material = gr.Textbox(label=form.material_name, lines=8, placeholder=form.placeholder)
+                if form.choices:  # a value typed in is checked by the task (an unknown one: a message, no traceback)
+                    question = gr.Dropdown(
+                        choices=list(form.choices), value=form.choices[0], label=form.question, allow_custom_value=True
+                    )
+                    asks = [material.submit]
                 else:
                     question = gr.Textbox(label=form.question)
+                    asks = [question.submit, material.submit]  # Enter; Shift+Enter in the text box
                 ask = gr.Button(form.button, variant="primary")
                 raw = gr.Textbox(label="Model output (JSON)")
                 parsed = gr.Textbox(label=form.answer_label)
-                ask.click(answerer(task), [material, question], [raw, parsed], api_name=form.api_name)
+                gr.on([ask.click, *asks], answerer(task), [material, question], [raw, parsed], api_name=form.api_name)
+                if form.examples:
+                    gr.Examples(
+                        [list(example) for example in form.examples],
+                        [material, question],
+                        example_labels=[q for _, q in form.examples],
+                    )
     return app
 
 
@@ -285,12 +453,13 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging()
     try:
         chat = load_chat(args, model_args, options)
+        logger.info("model: %s", chat.describe())
         if args.app:
             app = build_app(chat)
             logger.info("serving on http://%s:%d (Ctrl-C stops)", args.server_name, args.server_port)
             app.launch(server_name=args.server_name, server_port=args.server_port)
         else:
-            run_terminal(chat, args.task)
+            run_terminal(chat, chat.task_to_ask(args.task))
     except KeyboardInterrupt:
         pass
     except Exception as e:  # bad input, a file that cannot be read: one line naming it; a bug: its traceback

@@ -4,7 +4,7 @@ last turn left. It knows nothing of tasks, results or metrics (:mod:`llama_squad
 
 import os
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -17,20 +17,51 @@ CONSTRAIN_MODES = ("none", "json", "extractive")  # --constrain (llama_squad.con
 class GenerationOptions:
     """How to decode: greedy by default, or beam search / sampling."""
 
-    max_new_tokens: int = 64
-    num_beams: int = 1
-    do_sample: bool = False
-    temperature: float = 1.0
-    top_p: float = 1.0
-    top_k: int = 50
-    force_answer: bool = False
-    share_prefix: bool = True  # compute the prompt prefix a group of questions shares once (greedy / sampling)
-    # --constrain (llama_squad/constrain/): none; json: one JSON object of the task's form; extractive: also every
-    # value a span of the context / dialogue or a fixed choice ("?", "dontcare", a categorical slot's values)
-    constrain: str = "none"
-    # where the answer abstains ("?"), also decode the best answer that does not (the abstaining continuation taken
-    # away at the value's first token), so that a no-answer threshold can flip an abstention into an answer
-    best_answers: bool = False
+    max_new_tokens: int = field(
+        default=64,
+        metadata={"help": "The most tokens the model writes for an answer (each turn of a multi-turn prompt)."},
+    )
+    num_beams: int = field(
+        default=1, metadata={"help": "1: greedy (or sampling, with --do_sample); more: beam search."}
+    )
+    do_sample: bool = field(
+        default=False, metadata={"help": "Sample the tokens (see --temperature, --top_p, --top_k) instead of greedy."}
+    )
+    temperature: float = field(default=1.0, metadata={"help": "With --do_sample: the sampling temperature (> 0)."})
+    top_p: float = field(
+        default=1.0, metadata={"help": "With --do_sample: nucleus sampling's probability mass, (0, 1]."}
+    )
+    top_k: int = field(
+        default=50, metadata={"help": "With --do_sample: sample among the k likeliest tokens (0: all)."}
+    )
+    force_answer: bool = field(
+        default=False,
+        metadata={
+            "help": 'Write {"answer": " for the model, which then writes only the value (an untuned model answers '
+            "in JSON too)."
+        },
+    )
+    share_prefix: bool = field(
+        default=True,
+        metadata={"help": "Compute the prompt prefix a group of questions shares once (greedy and sampling)."},
+    )
+    constrain: str = field(
+        default="none",
+        metadata={
+            "help": "What the model may write: none (anything); json (one JSON object of the task's form); "
+            "extractive (also every value a span of the context or dialogue, or a fixed choice: ?, dontcare, a "
+            "categorical slot's values).",
+            "choices": CONSTRAIN_MODES,
+        },
+    )
+    best_answers: bool = field(
+        default=False,
+        metadata={
+            "help": 'Where the answer abstains ("?"), also decode the best answer that does not (the abstaining '
+            "continuation taken away at the value's first token), so that a no-answer threshold can turn an "
+            "abstention into an answer."
+        },
+    )
 
     @property
     def shares_prefixes(self) -> bool:

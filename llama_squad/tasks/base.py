@@ -19,6 +19,16 @@ class ChatForm:
     choices: tuple[str, ...] = ()  # the questions there are to ask, when fixed (MultiWOZ's slots); () for free text
     examples: tuple[tuple[str, str], ...] = ()  # (material, question) pairs the page offers
 
+    @property
+    def material_name(self) -> str:
+        """What the user pastes, without its hint: "Dialogue" for "Dialogue (User: ... / System: ... lines)"."""
+        return self.material.split(" (")[0]
+
+    @property
+    def question_name(self) -> str:
+        """What the user asks, without its hint: "Slot" for "Slot (e.g. attraction-area)"."""
+        return self.question.split(" (")[0]
+
 
 @dataclass(frozen=True)
 class CardInfo:

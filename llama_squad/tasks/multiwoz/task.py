@@ -18,6 +18,11 @@ CHAT_EXAMPLES = (
         "User: Three nights, from Friday.",
         "hotel-area",
     ),
+    (
+        "User: I need a cheap hotel in the north of town.\nSystem: How many nights will you stay?\n"
+        "User: Three nights, from Friday.",
+        "hotel-parking",
+    ),
 )
 
 
@@ -106,10 +111,15 @@ class MultiWOZ(Task):
         )
 
     def chat_messages(self, material, question, options):
+        import difflib
+
         from llama_squad.files import InputError
 
         questions = self.questions(options)
-        if question not in questions:
-            raise InputError(f"unknown slot {question!r}: one of {', '.join(questions)}")
+        slot = question.strip().lower()
+        if slot not in questions:
+            close = difflib.get_close_matches(slot, questions, n=1)
+            hint = f"did you mean {close[0]}? The slots: " if close else "choose one of "
+            raise InputError(f"Unknown slot {question!r}: {hint}{', '.join(questions)}")
         history = dialogue_history(material)
-        return prompts.build_messages(history, questions[question], NO_ANSWER, options.system_prompt)
+        return prompts.build_messages(history, questions[slot], NO_ANSWER, options.system_prompt)
