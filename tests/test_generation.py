@@ -129,7 +129,8 @@ def test_results_and_metrics_files(tiny_model_dir, tiny_dataset_dir, tmp_path, c
     assert metrics["task"] == "squad_v2" and list(metrics)[:2] == ["task", "total"]  # export checks the task
     assert metrics["total"] == 8 and metrics["HasAns_total"] == 4
     assert metrics["exact"] == pytest.approx(100 * results["exact"].mean(), abs=1e-4)
-    assert f"{tmp_path.name}, 8 questions: valid_json {metrics['valid_json']:.1f}, exact {metrics['exact']:.1f}" in caplog.text
+    headline = f"valid_json {metrics['valid_json']:.1f}, exact {metrics['exact']:.1f}"
+    assert f"{tmp_path.name}, 8 questions: {headline}" in caplog.text  # NAME/eval/results.csv: run NAME
     assert (results["completion_tokens"] > 0).all() and (results["prompt_tokens"] > 50).all()
 
 
