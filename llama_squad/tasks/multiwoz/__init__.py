@@ -7,14 +7,15 @@ question answers ``{"area": "centre", "name": "?", ...}``.
 
 One module per step: :mod:`.schema` (the slots), :mod:`.readers` (the dialogues of each layout), :mod:`.splits`,
 :mod:`.options` (``create_dataset.py --task multiwoz``), :mod:`.prompts` (questions and messages), :mod:`.lengths`
-(fitting ``--max_length``), :mod:`.dataset` (the rows) and :mod:`.scoring` (strict and fuzzy matching, joint goal
-accuracy); :mod:`.task` is the :class:`~llama_squad.tasks.base.Task` (``TASK``). This package holds the names callers
-use.
+(fitting ``--max_length``), :mod:`.dataset` (the rows), :mod:`.trade_labels` (TRADE's label normalization) and
+:mod:`.scoring` (strict, fuzzy and TRADE matching, joint goal accuracy); :mod:`.task` is the
+:class:`~llama_squad.tasks.base.Task` (``TASK``). This package holds the names callers use.
 
 Columns of a row: ``id`` (``dialogue/turn/slot``, or ``dialogue/turn/domain``), ``task``, ``prompt``,
 ``completion``, ``question``, ``answers`` (the slot's gold alternatives, [] when not set; for a domain question, its
-JSON target), ``dialogue_id``, ``turn`` (user-turn index, from 0), ``domain``, and ``slot`` (slot granularity) or
-``slots`` + ``slot_answers`` (domain granularity: the slots asked and the gold alternatives of each).
+JSON target), ``dialogue_id``, ``turn`` (user-turn index, from 0), ``domain``, ``goal_domains`` (the domains of the
+dialogue's goal, space-separated), and ``slot`` (slot granularity) or ``slots`` + ``slot_answers`` (domain
+granularity: the slots asked and the gold alternatives of each).
 """
 
 from llama_squad.tasks.multiwoz.dataset import SplitStats, build_dataset, build_split, dataset_features
@@ -54,13 +55,16 @@ from llama_squad.tasks.multiwoz.scoring import (
     NO_VALUE,
     fuzzy_value,
     normalize_value,
+    numeric_as_gold,
     score_output,
     score_value,
     summarize,
     token_f1,
+    trade_match,
 )
 from llama_squad.tasks.multiwoz.splits import load_splits, split_by_dialogue
 from llama_squad.tasks.multiwoz.task import MultiWOZ, dialogue_history
+from llama_squad.tasks.multiwoz.trade_labels import normalize_label_trade
 
 TASK = MultiWOZ()
 
@@ -78,5 +82,6 @@ __all__ = [
     "target_of", "dialogue_of", "TokenCounter", "load_token_counter", "HistoryBudget", "dataset_features",
     "SplitStats", "build_split",
     # scoring
-    "NO_VALUE", "normalize_value", "fuzzy_value", "token_f1", "score_value",
+    "NO_VALUE", "normalize_value", "fuzzy_value", "normalize_label_trade", "trade_match", "numeric_as_gold",
+    "token_f1", "score_value",
 ]  # fmt: skip

@@ -35,7 +35,7 @@ def dataset_features(domain_mode: bool) -> Features:
     common = {
         "id": Value("string"), "task": Value("string"), "prompt": messages, "completion": messages,
         "question": Value("string"), "answers": [Value("string")], "dialogue_id": Value("string"),
-        "turn": Value("int64"), "domain": Value("string"),
+        "turn": Value("int64"), "domain": Value("string"), "goal_domains": Value("string"),
     }  # fmt: skip
     if domain_mode:
         return Features({**common, "slots": [Value("string")], "slot_answers": [[Value("string")]]})
@@ -69,6 +69,7 @@ class _Turn(NamedTuple):
     """One user turn of a dialogue, as its questions need it."""
 
     dialogue_id: str
+    goal_domains: str  # the domains of the dialogue's goal, space-separated
     turn: int  # the user-turn index, from 0
     position: int  # its index in the dialogue's utterances
     state: dict[str, tuple[str, ...]]  # the gold state after it
@@ -101,9 +102,11 @@ class _SplitRows:
             self.chunks.append(_to_arrow(self.columns, self.features))
         lines = history_lines(dialogue)
         prefix = self.budget.prefix_sums(lines) if self.budget is not None else None
+        goals = " ".join(dialogue.goal_domains)
         for turn, (position, state) in enumerate(zip(dialogue.user_positions, dialogue.states, strict=True)):
             self.stats.turns += 1
-            at = _Turn(dialogue.dialogue_id, turn, position, state, prefix, TurnHistory(lines, position + 1))
+            history = TurnHistory(lines, position + 1)
+            at = _Turn(dialogue.dialogue_id, goals, turn, position, state, prefix, history)
             for q in self.questions:
                 self.add_question(q, at)
 
@@ -137,6 +140,7 @@ class _SplitRows:
         columns["dialogue_id"].append(turn.dialogue_id)
         columns["turn"].append(turn.turn)
         columns["domain"].append(q.domain)
+        columns["goal_domains"].append(turn.goal_domains)
         if self.single[q.name]:
             columns["answers"].append(list(turn.state.get(q.name, ())))
             columns["slot"].append(q.name)

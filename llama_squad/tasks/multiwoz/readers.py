@@ -8,6 +8,9 @@ Layouts read (the format of each file is detected):
 - MultiWOZ 2.2: a split folder of ``dialogues_*.json`` (or one such file), lists of schema-guided dialogues whose
   user turns hold per-service ``frames[].state.slot_values`` (cumulative, each a list of alternative values).
 
+The domains of a dialogue's goal are kept (2.1/2.4: the goal's non-empty domain entries; 2.2: its ``services``):
+per-domain joint goal accuracy picks dialogues by them, as the literature does.
+
 Dialogue ids lose a trailing ``.json`` so that every layout and list file agrees.
 """
 
@@ -32,14 +35,19 @@ logger = logging.getLogger(__name__)
 SPEAKERS = {"USER": "User", "SYSTEM": "System"}
 
 
+# Entries of a 2.1 goal that are not domains (TRADE's create_data.py: IGNORE_KEYS_IN_GOAL).
+GOAL_KEYS_NOT_DOMAINS = frozenset({"eod", "topic", "messageLen", "message"})
+
+
 @dataclass
 class Dialogue:
-    """One dialogue: its utterances in order, and the gold state after each user turn."""
+    """One dialogue: its utterances in order, the gold state after each user turn, and the domains of its goal."""
 
     dialogue_id: str
     utterances: list[tuple[str, str]]  # (speaker "User"/"System", text)
     user_positions: list[int]  # index in utterances of each user turn
     states: list[dict[str, tuple[str, ...]]]  # per user turn: set slot → its gold alternatives
+    goal_domains: tuple[str, ...] = ()  # sorted; () when the data gives no goal (per-domain JGA picks dialogues by it)
 
 
 class _Invalid(Exception):
@@ -118,6 +126,14 @@ def _state_21(metadata: dict, where: str) -> dict[str, tuple[str, ...]]:
     return state
 
 
+def goal_domains_21(goal) -> tuple[str, ...]:
+    """The domains a 2.1/2.4 ``goal`` names, sorted: its non-empty entries other than ``message``, ``topic``, ...
+    (TRADE's ``domains`` of a dialogue); () when there is no goal object."""
+    if not isinstance(goal, dict):
+        return ()
+    return tuple(sorted(str(k) for k, v in goal.items() if v and k not in GOAL_KEYS_NOT_DOMAINS))
+
+
 def _dialogue_21(dialogue_id: str, record) -> Dialogue:
     log = record.get("log") if isinstance(record, dict) else None
     if not isinstance(log, list) or not log:
@@ -143,7 +159,7 @@ def _dialogue_21(dialogue_id: str, record) -> Dialogue:
                 "system turns hold the state after the user turn before them in 'metadata'",
             )
         states.append(_state_21(metadata, f"log[{i}] (system)"))
-    return Dialogue(dialogue_id, utterances, positions, states)
+    return Dialogue(dialogue_id, utterances, positions, states, goal_domains_21(record.get("goal")))
 
 
 def _id_22(index: int, record) -> str:
@@ -191,7 +207,9 @@ def _dialogue_22(dialogue_id: str, record) -> Dialogue:
             continue
         positions.append(len(utterances) - 1)
         states.append(_state_22(turn.get("frames"), where))
-    return Dialogue(dialogue_id, utterances, positions, states)
+    services = record.get("services")  # 2.2 has no goal: the services of the dialogue stand for its domains
+    services = sorted({s for s in services if isinstance(s, str)}) if isinstance(services, list) else []
+    return Dialogue(dialogue_id, utterances, positions, states, tuple(services))
 
 
 def _load(path: Path):

@@ -49,7 +49,7 @@ class MultiWOZ(Task):
     title = "MultiWOZ"
     Arguments = Arguments
     extra_result_columns = scoring.EXTRA_RESULT_COLUMNS
-    headline_metrics = ("valid_json", "jga", "jga_fuzzy", "slot_accuracy", "slot_f1")
+    headline_metrics = ("valid_json", "jga", "jga_fuzzy", "jga_trade", "slot_accuracy", "slot_f1")
     signature_metric = "jga"
     threshold_metric = "exact"  # slot accuracy, strict
     threshold_group = "slot"  # one no-answer threshold per slot
