@@ -60,6 +60,7 @@ class MultiWOZ(Task):
         metrics={
             "jga": ("accuracy", "Joint goal accuracy"),
             "jga_fuzzy": ("accuracy", "Joint goal accuracy, fuzzy matching"),
+            "jga_trade": ("accuracy", "Joint goal accuracy, TRADE's label normalization"),
             "slot_f1": ("f1", "Slot F1"),
             "valid_json": ("accuracy", "Valid JSON"),
         },
