@@ -353,17 +353,6 @@ def test_scripts_help_exits_0(script):
     assert "usage" in result.stdout.lower()
 
 
-def test_qlora_4bit_trains_an_adapter_and_merges(tmp_path, tiny_model_dir, tiny_dataset_dir):
-    pytest.importorskip("bitsandbytes")
-    out = tmp_path / "qlora"
-    argv = train_argv(tiny_model_dir, tiny_dataset_dir, out, "--load_in_4bit", "--max_steps", "2",
-                      "--save_steps", "10", "--eval_strategy", "no", "--merge")  # fmt: skip
-    assert train.main(argv) == 0
-    config = json.loads((out / "adapter_config.json").read_text())
-    assert config["r"] == 4 and (out / "adapter_model.safetensors").exists()
-    assert (out / "merged" / "model.safetensors").exists()  # merged into a full-precision base
-
-
 TRAIN_RECIPES = sorted(p for p in (REPO / "configs").glob("*.yaml") if not p.name.startswith("dataset_"))
 
 
