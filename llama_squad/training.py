@@ -349,6 +349,7 @@ def build_trainer(
             head.bias = getattr(head.original_module, "bias", None)
     if task_evaluation is not None:
         trainer.task_evaluation, trainer.sharded_model = task_evaluation, shards_parameters(config)
+    _keep_adapter_dtypes_on_resume(trainer)
     if pause is not None:
         trainer.add_callback(_PauseFileCallback(pause))
     if config.fp16:
@@ -358,6 +359,24 @@ def build_trainer(
             if param.requires_grad and param.dtype != torch.float32:
                 param.data = param.data.float()
     return trainer
+
+
+def _keep_adapter_dtypes_on_resume(trainer) -> None:
+    """Resume with the adapter in the dtype it trains in. transformers' Trainer reloads a PEFT model's adapter with
+    ``load_adapter``, whose ``autocast_adapter_dtype=True`` turns the bfloat16 adapter TRL trains on a 4-bit model into
+    float32: the resumed steps would run in another dtype than an uninterrupted run's (tests/test_qlora.py). The
+    trainable parameters go back to their dtype after loading: exact, the checkpoint holds them in that dtype."""
+    load = trainer._load_from_checkpoint
+
+    def load_keeping_dtypes(resume_from_checkpoint, model=None):
+        target = trainer.model if model is None else model
+        dtypes = {name: p.dtype for name, p in target.named_parameters() if p.requires_grad}
+        load(resume_from_checkpoint, model)
+        for name, param in target.named_parameters():
+            if name in dtypes and param.dtype != dtypes[name]:
+                param.data = param.data.to(dtypes[name])
+
+    trainer._load_from_checkpoint = load_keeping_dtypes
 
 
 class _PauseFileCallback(TrainerCallback):

@@ -188,9 +188,8 @@ def test_a_killed_qlora_run_resumes_to_the_adapter_of_an_uninterrupted_one(runs)
     config = yaml.safe_load((resumed / "run_config.yaml").read_text())["model"]
     quantization = (config["load_in_4bit"], config["bnb_4bit_quant_type"], config["use_bnb_nested_quant"])
     assert quantization == (True, "nf4", True)
-    # The adapter equals the uninterrupted run's to one bfloat16 step: measured 9.5e-4 at most (values up to 0.13).
-    # TRL trains a 4-bit model's adapter in bfloat16, and the resume reloads it in float32 (see the next test):
-    # steps 3 and 4 run in float32. Checkpoint-2 is the same to the bit.
+    # The adapter equals the uninterrupted run's (bfloat16, as TRL trains a 4-bit model's adapter; to the bit: the
+    # next test). Checkpoint-2 is the same to the bit.
     runs_names = ("resumed", "uninterrupted")
     adapter, reference = (load_file(runs[name] / "adapter_model.safetensors") for name in runs_names)
     assert adapter.keys() == reference.keys() and len(adapter) == 2 * 7 * 2  # lora_A and _B, 7 linears, 2 layers
@@ -206,12 +205,6 @@ def test_a_killed_qlora_run_resumes_to_the_adapter_of_an_uninterrupted_one(runs)
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason="transformers' Trainer resumes a PEFT model with load_adapter(), whose autocast_adapter_dtype=True turns "
-    "the bfloat16 adapter TRL trains on a 4-bit model into float32; load_adapter(..., autocast_adapter_dtype=False) "
-    "on the trainer's model (llama_squad.training.build_trainer) makes the resumed adapter equal to the bit",
-)
 def test_a_resumed_qlora_run_keeps_the_adapter_dtype_and_equals_the_uninterrupted_one(runs):
     from safetensors.torch import load_file
 
