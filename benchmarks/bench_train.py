@@ -3,8 +3,12 @@
     # CPU (~5 min on 2 idle cores): a tiny random Llama with the real SmolLM2 tokenizer
     python benchmarks/bench_train.py --model tiny --examples 64 --batch_size 8 --max_length 1024
 
+    # CPU: padded vs padding-free vs packed rows (sdpa's per-example mask) on the embedded SmolLM2-135M
+    python benchmarks/bench_train.py --model embedded --examples 64 --batch_size 8 --max_length 512 \
+        --variants dynamic,padding_free,packing
+
     # GPU: SmolLM2-135M-Instruct (bf16), then a random model shaped like Llama-3.2-1B (Llama-3 tokenizer);
-    # --packing adds a TRL packing row where flash-attn is installed
+    # --packing adds the padding-free and packing rows (flash_attention_2 for every row where flash-attn is installed)
     python benchmarks/bench_train.py --model embedded --examples 2048 --batch_size 16 --packing --json_out smollm2.json
     python benchmarks/bench_train.py --model llama-3.2-1b-shape --examples 1024 --batch_size 8 --packing \
         --json_out llama1b.json
@@ -23,7 +27,15 @@ size, seed and TrainConfig, through ``llama_squad.training.build_trainer``; only
               batches)
     grouped   dynamic + train_sampling_strategy=group_by_length (transformers' LengthGroupedSampler: batches of
               similar lengths), an option of train.py (TrainConfig is TRL's SFTConfig)
-    packing   (--packing, CUDA + flash-attn only) TRL packing (BFD) into rows of max_length
+    padding_free  (--packing) dynamic's batches, each laid out as one row without padding (AnswerOnlyCollator
+              padding_free=True: position_ids restart at 0 for each example)
+    packing   (--packing) TRL packing (BFD) of whole examples into rows of max_length, a batch of rows laid out as
+              one row; as many rows a step as hold about the padded variants' tokens (batch x mean length /
+              max_length, at least 1), so that a step trains about as many examples
+
+--variants picks some of them (the first is the baseline of the ratios). Padding-free and packed rows keep their
+examples apart with sdpa and eager (transformers builds a block-causal mask from the position ids: dense, its cost
+grows with the square of the whole row) and flash attention (variable-length kernel); train.py refuses the others.
 
 --processes N compares instead 1 process with N data-parallel processes on the dynamic variant: the same examples
 (a multiple of N x batch), the same per-device batch (so N processes take N x fewer steps of N x the examples), the
@@ -55,10 +67,11 @@ from common.report import gib, print_table, quiet, ratio, write_json
 from common.scripts import rank_file, run_processes
 from common.training import timed_epoch
 
-VARIANTS = ("baseline", "dynamic", "grouped", "packing")
+VARIANTS = ("baseline", "dynamic", "grouped", "padding_free", "packing")
+PACKED = ("padding_free", "packing")
 # The options a child process gets again (the parent runs each variant in a fresh process).
 FORWARDED = ("model", "examples", "batch_size", "max_length", "lora_r", "warmup_steps", "seed", "tokenizer",
-             "attn_implementation")  # fmt: skip
+             "attn_implementation", "packed_rows")  # fmt: skip
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -73,7 +86,13 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--warmup_steps", type=int, default=None, help="untimed steps before the timed epoch (default: 1 CPU, 2 GPU)"
     )
     parser.add_argument("--attn_implementation", default=None, help="sdpa (default), eager, flash_attention_2")
-    parser.add_argument("--packing", action="store_true", help="add a TRL packing row (needs CUDA and flash-attn)")
+    parser.add_argument("--packing", action="store_true", help="add the padding-free and TRL packing rows")
+    parser.add_argument(
+        "--variants", default=None, help=f"comma-separated, the first the baseline (default: all; of {VARIANTS})"
+    )
+    parser.add_argument(
+        "--packed_rows", type=int, default=None, help="packing: rows a step (default: about the padded tokens)"
+    )
     parser.add_argument("--peak_tflops", type=float, default=None, help="peak FLOP/s of the device, for MFU")
     parser.add_argument(
         "--processes",
@@ -106,6 +125,8 @@ def main(argv=None) -> int:
         # 2. The same tokenized examples for every arm.
         print(f"tokenizing {args.examples} SQuAD v2 training examples...", file=sys.stderr)
         data = prepare_data(args, Path(tmp) / "data")
+        if args.packed_rows is None:  # packing: about the padded variants' tokens a step
+            args.packed_rows = max(1, round(args.batch_size * data["length_mean"] / args.max_length))
         # 3. Each arm trains one timed epoch in fresh processes, one arm after the other.
         results = [train_arm(args, arm, Path(tmp)) for arm in arms]
 
@@ -137,18 +158,24 @@ def device_defaults(args) -> bool:
 
 
 def variant_arms(args, cuda: bool) -> tuple[list[dict], str | None]:
-    """(the variants, each in one process; why packing is left out, if it is)."""
+    """(the variants, each in one process, the first the baseline; a note on the packed rows' attention)."""
     import importlib.util
 
-    variants, note = ["baseline", "dynamic", "grouped"], None
-    if args.packing and not cuda:
-        note = "packing skipped: it needs a CUDA GPU and flash-attn"
-    elif args.packing and importlib.util.find_spec("flash_attn") is None:
-        note = "packing skipped: flash-attn is not installed (pip install flash-attn)"
-    elif args.packing:
-        variants.append("packing")
-        if args.attn_implementation is None:
+    if args.variants:
+        variants = [v.strip() for v in args.variants.split(",")]
+        unknown = [v for v in variants if v not in VARIANTS]
+        if unknown or len(set(variants)) != len(variants) or len(variants) < 2:
+            raise SystemExit(f"--variants {args.variants}: give 2 or more of {', '.join(VARIANTS)}, each once")
+    else:
+        variants = [v for v in VARIANTS if v not in PACKED or args.packing]
+    note = None
+    if any(v in PACKED for v in variants):
+        if cuda and args.attn_implementation is None and importlib.util.find_spec("flash_attn") is not None:
             args.attn_implementation = "flash_attention_2"  # for every row: the same kernel in each comparison
+        attention = args.attn_implementation or "the model's default (sdpa)"
+        note = f"padding-free and packed rows: {attention} attention keeps the examples of a row apart"
+        if attention != "flash_attention_2":
+            note += " with a dense block-causal mask over the whole row (no variable-length kernel)"
     arms = [{"variant": v, "processes": 1, "threads": None, "doing": f"training {v}", "name": v} for v in variants]
     return arms, note
 
@@ -243,7 +270,7 @@ def train_config(args, output_dir: str):
     return TrainConfig(
         output_dir=output_dir,
         max_length=args.max_length,
-        per_device_train_batch_size=args.batch_size,
+        per_device_train_batch_size=args.packed_rows if variant == "packing" else args.batch_size,
         gradient_accumulation_steps=1,
         num_train_epochs=1,
         max_steps=args.warmup_steps,
@@ -259,6 +286,7 @@ def train_config(args, output_dir: str):
         pad_to_multiple_of=args.max_length if variant == "baseline" else None,
         train_sampling_strategy="group_by_length" if variant == "grouped" else "random",
         packing=variant == "packing",
+        padding_free=variant == "padding_free",
     )
 
 
@@ -285,7 +313,7 @@ def train_variant(args) -> int:
     result = {
         "variant": args.variant,
         "examples": len(train),
-        "batch_size": args.batch_size,
+        "batch_size": config.per_device_train_batch_size,  # packing: packed rows
         "max_length": args.max_length,
         "sampler": config.train_sampling_strategy,
         "gradient_checkpointing": bool(config.gradient_checkpointing),
@@ -338,15 +366,21 @@ def print_variants(args, data: dict, results: list[dict], note: str | None) -> N
     ])  # fmt: skip
     print()
     base = results[0]
+    goal = "   (goal: tokens/s >= 2x)" if base["variant"] == "baseline" else ""
     for r in results[1:]:
         # On the CPU, also tokens per CPU-second: other processes on the machine inflate wall time, not CPU time.
         cpu = f" (per CPU-second {1 / ratio(r, base, 'cpu_seconds'):.2f}x)" if base["device"] == "cpu" else ""
         print(
-            f"{r['variant']:<9} / baseline: tokens/s {ratio(r, base, 'tokens_per_s'):.2f}x{cpu}, "
+            f"{r['variant']:<12} / {base['variant']}: tokens/s {ratio(r, base, 'tokens_per_s'):.2f}x{cpu}, "
             f"peak memory {ratio(r, base, 'peak_memory_bytes'):.2f}x, "
             f"Δ memory {ratio(r, base, 'memory_delta_bytes'):.2f}x, "
-            f"padded positions {1 / ratio(r, base, 'padded_positions'):.2f}x fewer   (goal: tokens/s >= 2x)"
+            f"padded positions {1 / ratio(r, base, 'padded_positions'):.2f}x fewer{goal}"
         )
+    dynamic = next((r for r in results[1:] if r["variant"] == "dynamic"), None)
+    for r in results:
+        if dynamic and r["variant"] in PACKED:  # the packed rows against the same batches padded to their longest
+            cpu = f" (per CPU-second {1 / ratio(r, dynamic, 'cpu_seconds'):.2f}x)" if r["device"] == "cpu" else ""
+            print(f"{r['variant']:<12} / dynamic: tokens/s {ratio(r, dynamic, 'tokens_per_s'):.2f}x{cpu}")
     if any(r["variant"] == "grouped" for r in results):
         # transformers' get_length_grouped_indices: sorted mega-batches of min(50, N // (4 * batch)) batches
         group = max(1, min(data["examples"] // (4 * args.batch_size), 50)) * args.batch_size

@@ -27,9 +27,11 @@ class AnswerOnlyCollator(DataCollatorForLanguageModeling):
     restart at 0 for each example and no ``attention_mask`` (plus TRL's ``cu_seq_lens_*``, ``max_length_*`` and
     ``seq_idx``, the example boundaries for flash attention); the label of each example's first token is ignored so
     that no example is trained to predict the next one. It needs an attention implementation that reads the example
-    boundaries: ``attn_implementation="flash_attention_2"`` (or 3), or, in transformers 5, sdpa and eager when the
-    forward runs without a KV cache (``use_cache=False``); otherwise the examples attend to each other.
-    ``pad_to_multiple_of`` then pads that single row (position ids 0, labels IGNORE_INDEX).
+    boundaries (``llama_squad.training.PACKED_ATTENTION``): flash attention reads ``cu_seq_lens_*``; for sdpa, eager
+    and flex_attention, transformers (5.25: ``masking_utils.find_packed_sequence_indices``) builds a block-causal mask
+    from the restarting ``position_ids``, but only when the forward has no KV cache (SFTTrainer passes
+    ``use_cache=False``; with the model config's ``use_cache=True`` the examples attend to each other). Measured in
+    tests/test_packing.py. ``pad_to_multiple_of`` then pads that single row (position ids 0, labels IGNORE_INDEX).
     """
 
     def __post_init__(self):

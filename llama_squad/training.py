@@ -60,13 +60,7 @@ def validate(model_args: ModelArguments, script_args: ScriptArguments, config: T
         problems.append(f"--lora_dropout {model_args.lora_dropout}: must be in [0, 1)")
     if not model_args.lora_alpha > 0:
         problems.append(f"--lora_alpha {model_args.lora_alpha}: must be > 0 (commonly 2 x --lora_r)")
-    if (config.padding_free or config.packing) and not str(model_args.attn_implementation).startswith(
-        "flash_attention"
-    ):
-        problems.append(
-            "--padding_free and --packing need --attn_implementation flash_attention_2 (or 3): other kernels would "
-            "let the examples of one row attend to each other"
-        )
+    problems.extend(packing_problems(model_args.attn_implementation, config))
     if not isinstance(model_args.pause_tokens, int) or model_args.pause_tokens < 0:
         problems.append(f"--pause_tokens {model_args.pause_tokens}: give 0 (none) or a positive number (e.g. 8)")
     if model_args.pause_position not in PAUSE_POSITIONS:
@@ -161,6 +155,40 @@ def task_evaluation(script_args: ScriptArguments, config: TrainConfig, options, 
     questions = sample_questions(task, validation, script_args.eval_questions, config.seed)
     logger.info("every evaluation also answers %d validation questions and scores them", len(questions))
     return TaskEvaluation(questions, tokenizer, options, pause, config.per_device_eval_batch_size)
+
+
+# The attention implementations that keep the examples of a packed / padding-free row apart (transformers 5.25):
+# for sdpa, eager and flex_attention, masking_utils.create_causal_mask builds a block-causal mask from position_ids
+# that restart at 0 for each example (find_packed_sequence_indices) when the forward has no attention mask and no KV
+# cache (SFTTrainer.compute_loss passes use_cache=False); flash attention runs its variable-length kernel on the
+# example boundaries of TRL's collator (cu_seq_lens_q/k). sdpa and eager are measured by tests/test_packing.py on the
+# CPU (loss and LoRA gradients equal to the padded batch's); flex_attention and flash attention by its GPU tests.
+PACKED_ATTENTION = ("sdpa", "eager", "flex_attention", "flash_attention_2", "flash_attention_3", "flash_attention_4")
+
+
+def packing_problems(
+    attn_implementation: str | None, config: TrainConfig, source: str = "--attn_implementation"
+) -> list[str]:
+    """Why ``--packing`` / ``--padding_free`` would let the examples of one row see each other, if they would.
+
+    ``attn_implementation`` None (the model's default, sdpa for Llama-family models) is checked once the model is
+    loaded (:func:`build_trainer`), ``source`` naming where the implementation came from."""
+    if not (config.packing or config.padding_free):
+        return []
+    problems = []
+    if attn_implementation is not None and attn_implementation not in PACKED_ATTENTION:
+        problems.append(
+            f"{source} {attn_implementation} with --packing or --padding_free: transformers builds the "
+            "per-example attention mask of a packed row only for sdpa, eager and flex_attention (from position_ids), "
+            "and flash_attention_2/3/4 read the example boundaries; with any other implementation the examples of one "
+            "row attend to each other. Use --attn_implementation sdpa (or flash_attention_2 on a GPU)"
+        )
+    if config.packing and config.packing_strategy == "wrapped":
+        problems.append(
+            "--packing_strategy wrapped cuts examples across rows and lets them attend to each other (TRL keeps no "
+            "example boundaries for it): use bfd (the default)"
+        )
+    return problems
 
 
 def check_pushes(script_args: ScriptArguments, config: TrainConfig) -> None:
@@ -296,7 +324,9 @@ def lora_config(model_args: ModelArguments, trainable_token_indices: list[int] |
 def build_trainer(
     model, tokenizer, config: TrainConfig, train_dataset, eval_dataset, peft_config, pause=None, task_evaluation=None
 ):
-    """TRL's SFTTrainer on our pre-tokenized examples, padded by :class:`AnswerOnlyCollator`.
+    """TRL's SFTTrainer on our pre-tokenized examples, padded by :class:`AnswerOnlyCollator`, or laid out as one row
+    per batch (``padding_free``: our collator; ``packing``: TRL packs the examples into rows of ``max_length`` and its
+    collator lays them out); refused where the model's attention would let the examples of a row see each other.
 
     With ``pause`` (the model's :class:`llama_squad.pause.PauseTokens`), every checkpoint records them too, and the
     adapter saves the pause rows alone (not the whole grown embedding matrices). With ``task_evaluation``
@@ -309,6 +339,10 @@ def build_trainer(
 
     from llama_squad.collator import AnswerOnlyCollator
 
+    attention = getattr(model.config, "_attn_implementation", None) or "unknown"
+    problems = packing_problems(attention, config, source="the model's attention implementation")
+    if problems:  # the model's default (no --attn_implementation given) is known only now
+        raise InputError("invalid options:\n  - " + "\n  - ".join(problems))
     if eval_dataset is None and config.eval_strategy != "no":
         logger.info("no validation split: validation loss is off")
         config.eval_strategy = "no"
