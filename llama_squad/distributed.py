@@ -5,9 +5,10 @@ Nothing here launches processes or opens connections: accelerate and the Trainer
 from the ``TrainingArguments`` (``world_size``, ``process_index``, ``should_log``), set up from what the launcher set.
 """
 
+import contextlib
 import logging
 import pickle
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import TypeVar
 
 T = TypeVar("T")
@@ -21,11 +22,46 @@ def fsdp_enabled(config) -> bool:
     return bool(getattr(config, "fsdp", None)) or parse_flag_from_env("ACCELERATE_USE_FSDP")
 
 
+def fsdp_settings(config) -> tuple[int, str]:
+    """``(FSDP version, state dict type)`` as the Trainer will shard: from train.py's ``--fsdp`` / ``--fsdp_config``
+    (transformers' defaults: version 2, ``FULL_STATE_DICT``), else from what ``accelerate launch`` set
+    (``FSDP_VERSION``, ``FSDP_STATE_DICT_TYPE``; accelerate's defaults: version 1, ``FULL_STATE_DICT`` for it and
+    ``SHARDED_STATE_DICT`` for version 2). Read, not built: accelerate's plugin checks the devices when built."""
+    import os
+
+    from torch.distributed.fsdp import StateDictType
+
+    args = getattr(config, "fsdp_plugin_args", None)
+    if args:
+        version, state_dict_type = int(args.get("fsdp_version", 2)), args.get("state_dict_type") or "FULL_STATE_DICT"
+    else:
+        version = int(os.environ.get("FSDP_VERSION", "1"))
+        default = "FULL_STATE_DICT" if version == 1 else "SHARDED_STATE_DICT"
+        state_dict_type = os.environ.get("FSDP_STATE_DICT_TYPE", default)
+    if isinstance(state_dict_type, str) and state_dict_type.isdigit():
+        state_dict_type = StateDictType(int(state_dict_type))
+    return version, getattr(state_dict_type, "name", str(state_dict_type)).upper()
+
+
 def deepspeed_zero3_enabled() -> bool:
     """Whether DeepSpeed ZeRO-3 shards the parameters (known once the ``TrainingArguments`` exist)."""
     from transformers.integrations import is_deepspeed_zero3_enabled
 
     return is_deepspeed_zero3_enabled()
+
+
+@contextlib.contextmanager
+def gathered(params: Iterable, modifier_rank: int | None = None):
+    """Whole ``params`` on every process within the block where DeepSpeed ZeRO-3 partitions them (each process holds a
+    slice, and reading one gives an empty tensor); with ``modifier_rank``, what that process writes into them is kept
+    and partitioned again on leaving. Elsewhere (and for parameters ZeRO-3 does not manage), nothing to do."""
+    if not deepspeed_zero3_enabled():
+        yield
+        return
+    import deepspeed
+
+    with deepspeed.zero.GatheredParameters(list(params), modifier_rank=modifier_rank):
+        yield
 
 
 def sharding_engine(config) -> str | None:

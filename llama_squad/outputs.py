@@ -130,8 +130,9 @@ def write_outputs(run: RunOutputs, tokenizer, log_history: list[dict], only_miss
 
     if model_args.use_peft and (problem := checkpoints.adapter_problem(out)):
         raise RuntimeError(
-            f"the adapter was not saved whole: {problem}. Under FSDP, PEFT can miss LoRA weights whose names "
-            "nested FSDP units rewrote: train on one GPU or with DDP (configs/accelerate/ddp.yaml)"
+            f"the adapter was not saved whole: {problem}. PEFT finds no LoRA weight in a state dict whose names an "
+            "engine rewrote (as FSDP1 does, which train.py refuses): train on one GPU, with DDP "
+            "(configs/accelerate/ddp.yaml) or FSDP2 (configs/accelerate/fsdp.yaml)"
         )
     if wanted(out / "tokenizer_config.json"):
         tokenizer.save_pretrained(out)

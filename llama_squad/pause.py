@@ -162,18 +162,21 @@ def grow_embeddings(model, size: int) -> int:
     """
     import torch
 
-    embeddings = model.get_input_embeddings()
-    old = embeddings.weight.shape[0]
-    if size <= old:
-        return 0
-    output = model.get_output_embeddings()
+    from llama_squad.distributed import gathered
+
+    embeddings, output = model.get_input_embeddings(), model.get_output_embeddings()
     tied = output is None or output.weight is embeddings.weight
-    means = [embeddings.weight.detach().float().mean(0)]
-    if not tied:
-        means.append(output.weight.detach().float().mean(0))
+    # under DeepSpeed ZeRO-3 each process holds a slice of the weights, read as empty: gather them whole
+    with gathered([embeddings.weight] + ([] if tied else [output.weight])):
+        old = embeddings.weight.shape[0]
+        if size <= old:
+            return 0
+        means = [embeddings.weight.detach().float().mean(0)]
+        if not tied:
+            means.append(output.weight.detach().float().mean(0))
     model.resize_token_embeddings(size, mean_resizing=False)
     layers = [model.get_input_embeddings()] + ([] if tied else [model.get_output_embeddings()])
-    with torch.no_grad():
+    with gathered([layer.weight for layer in layers], modifier_rank=0), torch.no_grad():
         for layer, mean in zip(layers, means, strict=True):
             layer.weight[old:] = mean.to(layer.weight.dtype)
     logger.info("grew the embeddings from %d to %d rows (new rows: the mean of the others)", old, size)
@@ -186,10 +189,12 @@ def prepare_model(model, tokenizer, pause: PauseTokens) -> list[int]:
     rows are not the mean). Returns their ids, for ``LoraConfig(trainable_token_indices=...)``."""
     import torch
 
+    from llama_squad.distributed import gathered
+
     ids = add_to_tokenizer(tokenizer, pause)
     grow_embeddings(model, len(tokenizer))
     weight = model.get_input_embeddings().weight
-    with torch.no_grad():
+    with gathered([weight], modifier_rank=0), torch.no_grad():
         weight[ids] = weight[: min(ids)].float().mean(0).to(weight.dtype)
     logger.info("pause tokens %s (ids %s) at the %s turn", list(pause.tokens), ids, pause.position)
     return ids

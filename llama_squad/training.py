@@ -14,7 +14,7 @@ logger = logging.getLogger(__name__)
 
 def validate(model_args: ModelArguments, script_args: ScriptArguments, config: TrainConfig, options=None) -> None:
     """Check the options together before any long work; raise once, naming every problem and its flag."""
-    from llama_squad.distributed import fsdp_enabled, sharding_engine
+    from llama_squad.distributed import fsdp_enabled, fsdp_settings, sharding_engine
     from llama_squad.models import ModelError, check_model_source
     from llama_squad.tasks.common import dataset_folder_problem
 
@@ -86,6 +86,8 @@ def validate(model_args: ModelArguments, script_args: ScriptArguments, config: T
             f"--optim {optim} with FSDP: bitsandbytes' 8-bit optimizers fail when FSDP saves a checkpoint; "
             "pass --optim adamw_torch (FSDP shards the optimizer state already)"
         )
+    if fsdp_enabled(config):
+        problems += fsdp_problems(*fsdp_settings(config), adapter=model_args.use_peft)
     engine = sharding_engine(config)
     if engine and config.use_cpu:
         # accelerate (1.16) runs CPU processes as DistributedType.MULTI_CPU, which ignores the FSDP and DeepSpeed
@@ -191,6 +193,28 @@ def packing_problems(
     return problems
 
 
+def fsdp_problems(version: int, state_dict_type: str, adapter: bool) -> list[str]:
+    """The FSDP settings that save an empty or partial adapter (or model), each with its fix: FSDP1 with an adapter
+    (PEFT 0.21 strips only a leading ``_fsdp_wrapped_module.`` from the names, not those of the nested units of
+    per-layer wrapping, and saves an adapter with no tensor), and any state dict type but ``FULL_STATE_DICT`` (with
+    ``SHARDED_STATE_DICT`` the Trainer's ``save_model`` writes nothing, so that every checkpoint lacks the adapter)."""
+    problems = []
+    if version == 1 and adapter:
+        problems.append(
+            "FSDP version 1 with an adapter (--use_peft): PEFT cannot name the LoRA weights of nested FSDP1 units "
+            "and would save an adapter with no tensor; use FSDP2: fsdp_version: 2 in the accelerate config (as in "
+            'configs/accelerate/fsdp.yaml), accelerate launch --fsdp_version 2, or "version": 2 in --fsdp_config'
+        )
+    if state_dict_type != "FULL_STATE_DICT":
+        problems.append(
+            f"FSDP with fsdp_state_dict_type {state_dict_type}: the checkpoints would hold FSDP's own shards and no "
+            "adapter or model weights to evaluate or to finish from; use FULL_STATE_DICT: fsdp_state_dict_type: "
+            "FULL_STATE_DICT in the accelerate config (as in configs/accelerate/fsdp.yaml), accelerate launch "
+            '--fsdp_state_dict_type FULL_STATE_DICT, or "state_dict_type": "FULL_STATE_DICT" in --fsdp_config'
+        )
+    return problems
+
+
 def check_pushes(script_args: ScriptArguments, config: TrainConfig) -> None:
     """Fail fast unless every push asked for can be made (the main process asks the Hub): the merged model
     (``--hub_repo_id``, which implies ``--merge``), the adapter alone (``--push_adapter``), TRL's own push of the
@@ -239,6 +263,15 @@ def load_for_training(model_args: ModelArguments, config: TrainConfig) -> Loaded
     if model_args.fp16_overflow_guard:
         add_fp16_overflow_guard(model)
     pause = pause_tokens.PauseTokens.of(model_args.pause_tokens, model_args.pause_position)
+    output = model.get_output_embeddings()
+    if pause and shards_parameters(config) and getattr(output, "weight", None) is model.get_input_embeddings().weight:
+        raise InputError(
+            f"--pause_tokens {model_args.pause_tokens} with FSDP or DeepSpeed ZeRO-3: {model_args.model_name_or_path} "
+            "ties its output layer to its input embedding (tie_word_embeddings), and the pause rows PEFT trains in "
+            "both cannot be sharded (accelerate 1.16 puts the two in different FSDP groups and fails; under ZeRO-3 "
+            "TRL 1.16's fused LM head cannot gather them); train with DDP (configs/accelerate/ddp.yaml) or on one "
+            "GPU, or drop --pause_tokens"
+        )
     pause_ids = pause_tokens.prepare_model(model, tokenizer, pause) if pause else None
     return LoadedModel(path, model, tokenizer, pause, pause_ids)
 
@@ -268,9 +301,7 @@ def train_or_finish(trainer, config: TrainConfig, checkpoint: str | None, resolv
         logger.info("the resolved options are in %s (--log_level debug logs them)", path)
     logger.info("%s", describe_batch(config))
     trainer.train(resume_from_checkpoint=checkpoint)
-    if trainer.is_fsdp_enabled:  # whole adapter weights, loadable without FSDP (checkpoints stay sharded)
-        trainer.accelerator.state.fsdp_plugin.set_state_dict_type("FULL_STATE_DICT")
-    trainer.save_model(config.output_dir)
+    trainer.save_model(config.output_dir)  # FSDP: FULL_STATE_DICT (validate refuses the others), gathered whole
     trainer.save_state()
     return None
 

@@ -1,6 +1,8 @@
 """Training in several processes: real 2-process CPU runs (gloo) through accelerate launch and torchrun on the tiny
-model, the embedded-model conversion under concurrent processes, and the shipped accelerate configs."""
+model, DDP and (through tests/launch_on_cpu.py) FSDP2 and DeepSpeed ZeRO-3, the embedded-model conversion under
+concurrent processes, and the shipped accelerate configs with the settings train.py refuses."""
 
+import importlib.util
 import json
 import os
 import re
@@ -166,6 +168,172 @@ def test_every_process_stops_with_the_message_when_another_run_holds_the_folder(
     assert not re.search(r"^\[rank\d\]: \w+Error", result.stdout, re.MULTILINE), result.stdout[-3000:]
 
 
+# ------------------------------------------------------------------------------- FSDP2 and ZeRO-3 on the CPU
+
+LAUNCH_ON_CPU = REPO / "tests" / "launch_on_cpu.py"
+ENGINE_CONFIGS = {"fsdp2": "fsdp", "zero3": "deepspeed_zero3"}
+
+
+def sharded_launch(config_name: str, *args) -> list[str]:
+    """``accelerate launch`` with a shipped GPU config (FSDP2 or ZeRO-3), as a user runs it, on 2 CPU processes in
+    float32, each of them tests/launch_on_cpu.py: train.py's main() after what the CPU needs (gloo, accelerate's
+    FSDP state) is set up."""
+    config = ACCELERATE_CONFIGS / f"{config_name}.yaml"
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config)]
+    options = ["--num_processes", "2", "--mixed_precision", "no", "--main_process_port", str(free_port())]
+    return [*launch, *options, str(LAUNCH_ON_CPU), *args]
+
+
+def run_sharded(command: list[str], kill_at_step: int | None = None) -> subprocess.CompletedProcess:
+    from launch_on_cpu import KILL_AT_STEP
+
+    env = {**ENV, "DS_ACCELERATOR": "cpu"}  # DeepSpeed's CPU accelerator
+    if kill_at_step is not None:
+        env[KILL_AT_STEP] = str(kill_at_step)
+    return subprocess.run(
+        command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=600
+    )
+
+
+def sharded_args(model_dir, data_dir, out, *extra) -> list[str]:
+    """train_args without LoRA dropout (each process draws its own masks) and at a learning rate whose Adam steps
+    keep float32 rounding below 1e-5."""
+    return train_args(model_dir, data_dir, out, "--lora_dropout", "0", "--learning_rate", "2e-3", *extra)
+
+
+def adapter_tensors(folder: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(folder / "adapter_model.safetensors")
+
+
+def max_difference(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
+    assert {k: tuple(v.shape) for k, v in a.items()} == {k: tuple(v.shape) for k, v in b.items()}
+    return max((a[k].float() - b[k].float()).abs().max().item() for k in a)
+
+
+def logged_losses(out: Path) -> list[float]:
+    return [e["loss"] for e in json.loads((out / "trainer_state.json").read_text())["log_history"] if "loss" in e]
+
+
+def reloaded_logits(model_dir: Path, adapter: Path | None, load_in_4bit: bool = False) -> torch.Tensor:
+    """The logits of a fixed prompt (ending in the tokens training added last: the pause tokens, if any) from the base
+    model with ``adapter`` loaded as test.py loads it."""
+    from llama_squad.config import ModelLoadingArguments
+
+    options = ModelLoadingArguments(str(model_dir), load_in_4bit=load_in_4bit)
+    model, tokenizer = models.load_for_inference(options, adapter_path=adapter, merge_adapter=False)
+    text = "When was Alder1 founded? " + "".join(tokenizer.convert_ids_to_tokens(range(len(tokenizer))[-2:]))
+    with torch.no_grad():
+        return model(**tokenizer(text, return_tensors="pt")).logits.float()
+
+
+@pytest.fixture(scope="module")
+def untied_tiny_model_dir(tmp_path_factory, smollm2_tokenizer_dir) -> Path:
+    """tiny_model_dir's shape with an output layer of its own: the pause tokens' rows can be sharded (a tied one is
+    refused under FSDP and ZeRO-3)."""
+    from transformers import AutoTokenizer
+
+    from llama_squad.testing import random_llama
+
+    tokenizer = AutoTokenizer.from_pretrained(smollm2_tokenizer_dir)
+    model = random_llama(
+        tokenizer, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=2048, initializer_range=0.3,
+    )  # fmt: skip
+    model.config.tie_word_embeddings = False
+    generator = torch.Generator().manual_seed(1)
+    head = torch.randn(model.lm_head.weight.shape, generator=generator) * 0.3
+    model.lm_head.weight = torch.nn.Parameter(head)
+    folder = tmp_path_factory.mktemp("untied_tiny_llama")
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def one_process_pause_run(tmp_path_factory, untied_tiny_model_dir, tiny_dataset_dir) -> Path:
+    """The reference: the same 4 steps in 1 process, each of 2 per device x 4 accumulation steps (8 examples, the
+    micro-batches 2 processes x 2 accumulation steps share out), with 2 pause tokens."""
+    import train
+
+    out = tmp_path_factory.mktemp("one_process") / "out"
+    argv = sharded_args(untied_tiny_model_dir, tiny_dataset_dir, out, "--pause_tokens", "2")
+    assert train.main([*argv, "--gradient_accumulation_steps", "4"]) == 0
+    return out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("engine", ["fsdp2", "zero3"])
+def test_a_sharded_run_killed_after_a_checkpoint_resumes_and_saves_what_one_process_trains(
+    engine, tmp_path, untied_tiny_model_dir, tiny_dataset_dir, one_process_pause_run
+):
+    """FSDP2 or DeepSpeed ZeRO-3 from the shipped config, 2 processes, LoRA and 2 learned pause tokens: killed
+    (SIGKILL) once checkpoint-2 is written, the same command resumes from it and finishes. The final adapter and
+    every checkpoint's hold each LoRA tensor and the pause rows whole, equal to the 1-process run's to 1e-5, and the
+    reloaded adapter gives its logits (to 2e-4)."""
+    if engine == "zero3" and importlib.util.find_spec("deepspeed") is None:
+        pytest.fail('DeepSpeed is not installed: pip install -e ".[deepspeed]" (make test installs it)')
+    out = tmp_path / "out"
+    command = sharded_launch(
+        ENGINE_CONFIGS[engine], *sharded_args(untied_tiny_model_dir, tiny_dataset_dir, out, "--pause_tokens", "2")
+    )
+    killed = run_sharded(command, kill_at_step=2)
+    assert killed.returncode != 0 and "Signal 9 (SIGKILL)" in killed.stdout, killed.stdout[-6000:]
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-2"]
+    assert not (out / "adapter_model.safetensors").exists()
+    engine_files = {"fsdp2": "pytorch_model_fsdp.bin", "zero3": "global_step2"}  # the engine's own state: not DDP
+    assert (out / "checkpoint-2" / engine_files[engine]).exists()
+
+    resumed = run_sharded(command)
+    assert_ok(resumed)
+    assert f"INFO llama_squad.resume: resuming from {out}/checkpoint-2" in log_lines(resumed.stdout, 0)
+    state = json.loads((out / "trainer_state.json").read_text())
+    assert [e["step"] for e in state["log_history"] if "loss" in e] == [1, 2, 3, 4]
+    reference = one_process_pause_run
+    for folder in ("checkpoint-2", "checkpoint-4", "."):
+        saved = adapter_tensors(out / folder)
+        assert sum("lora_" in k for k in saved) == 28 and sum("trainable_tokens" in k for k in saved) == 1
+        assert max_difference(saved, adapter_tensors(reference / folder)) < 1e-5, folder
+        assert all(v.abs().min() > 0 for k, v in saved.items() if "lora_B" in k)  # trained, not left at zero
+        assert len(json.loads((out / folder / "pause_tokens.json").read_text())["tokens"]) == 2
+
+    # logits up to ±12, whose float32 rounding the random model amplifies: measured 7e-5 apart
+    logits = reloaded_logits(untied_tiny_model_dir, out)
+    torch.testing.assert_close(logits, reloaded_logits(untied_tiny_model_dir, reference), atol=2e-4, rtol=0)
+
+
+@pytest.mark.slow
+def test_fsdp2_qlora_stores_the_4bit_weights_in_the_compute_dtype_and_saves_the_whole_adapter(
+    tmp_path, tiny_model_dir, tiny_dataset_dir
+):
+    """FSDP2 + QLoRA (NF4, the 4-bit weights stored in float32: bnb_4bit_quant_storage) on 2 processes, on the tied
+    tiny model: the adapter is whole and reloads onto the 4-bit model. TRL trains a quantized model's adapter in
+    bfloat16, so the 1-process run is matched to what bfloat16 allows, not to 1e-5: measured, FSDP2 and a 1-process
+    run with 4 examples per device x 2 accumulation steps differ from it alike (adapter 2e-3 apart, each lora_B
+    within 6.5% of its norm, the change the adapter makes to the logits within 24%); an adapter missing half of
+    each tensor would be ~70% off."""
+    import train
+
+    out, reference = tmp_path / "out", tmp_path / "one_process"
+    argv = sharded_args(tiny_model_dir, tiny_dataset_dir, out, "--load_in_4bit", "--max_steps", "2")
+    result = run_sharded(sharded_launch("fsdp", *argv))
+    assert_ok(result)
+    assert (out / "checkpoint-2" / "pytorch_model_fsdp.bin").exists()
+    reference_argv = sharded_args(tiny_model_dir, tiny_dataset_dir, reference, "--load_in_4bit", "--max_steps", "2")
+    assert train.main([*reference_argv, "--gradient_accumulation_steps", "4"]) == 0
+    assert logged_losses(out) == pytest.approx(logged_losses(reference), rel=1e-5)
+    saved, expected = adapter_tensors(out), adapter_tensors(reference)
+    assert len(saved) == 28 and {v.dtype for v in saved.values()} == {torch.bfloat16}
+    assert max_difference(saved, expected) < 0.01
+    for name in (k for k in saved if "lora_B" in k):  # trained from zero: each whole, not a slice
+        assert (saved[name].float() - expected[name].float()).norm() < 0.15 * expected[name].float().norm(), name
+    logits, expected_logits, base = (
+        reloaded_logits(tiny_model_dir, folder, load_in_4bit=True) for folder in (out, reference, None)
+    )
+    assert (logits - expected_logits).norm() < 0.5 * (expected_logits - base).norm()
+
+
 # --------------------------------------------------------------------------------- embedded model conversion
 
 CONVERT_SCRIPT = textwrap.dedent(
@@ -279,9 +447,19 @@ def test_fsdp_is_seen_from_the_accelerate_launcher_or_the_option(tmp_path, monke
     assert distributed.fsdp_enabled(config) and distributed.shards_parameters(config)
 
 
+def set_fsdp2_environment(monkeypatch) -> None:
+    """What accelerate launch --config_file configs/accelerate/fsdp.yaml sets, in short."""
+    for key, value in {
+        "ACCELERATE_USE_FSDP": "true",
+        "FSDP_VERSION": "2",
+        "FSDP_STATE_DICT_TYPE": "FULL_STATE_DICT",
+    }.items():
+        monkeypatch.setenv(key, value)
+
+
 def test_fsdp_refuses_8bit_optimizers(tmp_path, monkeypatch, tiny_model_dir, tiny_dataset_dir):
     model_args, script_args = ModelArguments(str(tiny_model_dir)), ScriptArguments(str(tiny_dataset_dir))
-    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    set_fsdp2_environment(monkeypatch)
     config = TrainConfig(output_dir=str(tmp_path), optim="paged_adamw_8bit", use_cpu=False)
     with pytest.raises(InputError) as error:
         training.validate(model_args, script_args, config)
@@ -309,6 +487,8 @@ def test_a_sharding_engine_on_the_cpu_is_refused_rather_than_run_as_ddp(
     # what accelerate launch --config_file fsdp.yaml / deepspeed_zero3.yaml sets (set after the TrainConfig is built:
     # TrainingArguments wants DeepSpeed installed once the variable is there)
     monkeypatch.setenv(variable, "true")
+    if engine == "FSDP":
+        set_fsdp2_environment(monkeypatch)
     with pytest.raises(InputError) as error:
         training.validate(model_args, script_args, on_cpu)
     assert str(error.value) == (
@@ -363,13 +543,12 @@ def test_the_shipped_accelerate_configs_give_the_launcher_what_train_py_expects(
     fsdp = launcher_environment("fsdp")
     wanted = {
         "ACCELERATE_USE_FSDP": "true",
-        "FSDP_VERSION": "1",
-        "FSDP_SHARDING_STRATEGY": "FULL_SHARD",
+        "FSDP_VERSION": "2",  # FSDP1 saves an empty adapter
+        "FSDP_RESHARD_AFTER_FORWARD": "true",
         "FSDP_AUTO_WRAP_POLICY": "TRANSFORMER_BASED_WRAP",
-        "FSDP_STATE_DICT_TYPE": "SHARDED_STATE_DICT",
-        "FSDP_USE_ORIG_PARAMS": "false",  # PEFT: LoRA and frozen weights wrapped apart
+        "FSDP_STATE_DICT_TYPE": "FULL_STATE_DICT",  # SHARDED_STATE_DICT: checkpoints without the adapter
         "FSDP_CPU_RAM_EFFICIENT_LOADING": "true",
-        "FSDP_SYNC_MODULE_STATES": "true",
+        "FSDP_SYNC_MODULE_STATES": "true",  # which the launcher wants with cpu_ram_efficient_loading
         "FSDP_OFFLOAD_PARAMS": "false",
         "ACCELERATE_MIXED_PRECISION": "bf16",
     }
@@ -385,3 +564,96 @@ def test_the_shipped_accelerate_configs_give_the_launcher_what_train_py_expects(
     assert {k: zero3.get(k) for k in wanted} == wanted
     # train.py's --gradient_accumulation_steps rules: a value in the DeepSpeed config would contradict recipes
     assert "ACCELERATE_GRADIENT_ACCUMULATION_STEPS" not in zero3
+
+
+def test_the_shipped_fsdp_and_zero3_configs_pass_train_py_checks_on_gpus(
+    tmp_path, monkeypatch, tiny_model_dir, tiny_dataset_dir
+):
+    model_args, script_args = ModelArguments(str(tiny_model_dir)), ScriptArguments(str(tiny_dataset_dir))
+    config = TrainConfig(output_dir=str(tmp_path), use_cpu=False, optim="adamw_torch")
+    for name in ("fsdp", "deepspeed_zero3"):
+        with monkeypatch.context() as patched:
+            for key, value in launcher_environment(name).items():
+                if key.startswith(("ACCELERATE_", "FSDP_")):
+                    patched.setenv(key, value)
+            training.validate(model_args, script_args, config)
+
+
+FSDP1_WITH_AN_ADAPTER = (
+    "FSDP version 1 with an adapter (--use_peft): PEFT cannot name the LoRA weights of nested FSDP1 units and would "
+    "save an adapter with no tensor; use FSDP2: fsdp_version: 2 in the accelerate config (as in "
+    'configs/accelerate/fsdp.yaml), accelerate launch --fsdp_version 2, or "version": 2 in --fsdp_config'
+)
+SHARDED_STATE_DICT = (
+    "FSDP with fsdp_state_dict_type SHARDED_STATE_DICT: the checkpoints would hold FSDP's own shards and no adapter "
+    "or model weights to evaluate or to finish from; use FULL_STATE_DICT: fsdp_state_dict_type: FULL_STATE_DICT in "
+    "the accelerate config (as in configs/accelerate/fsdp.yaml), accelerate launch --fsdp_state_dict_type "
+    'FULL_STATE_DICT, or "state_dict_type": "FULL_STATE_DICT" in --fsdp_config'
+)
+
+
+@pytest.mark.parametrize(
+    "environment, fsdp_config, use_peft, refused",
+    [
+        # the fsdp.yaml shipped before: FSDP1 (an adapter with no tensor), SHARDED_STATE_DICT (no adapter in any
+        # checkpoint)
+        ({"FSDP_VERSION": "1", "FSDP_STATE_DICT_TYPE": "SHARDED_STATE_DICT"}, None, True,
+         [FSDP1_WITH_AN_ADAPTER, SHARDED_STATE_DICT]),
+        ({"FSDP_VERSION": "1", "FSDP_STATE_DICT_TYPE": "FULL_STATE_DICT"}, None, True, [FSDP1_WITH_AN_ADAPTER]),
+        ({"FSDP_VERSION": "1", "FSDP_STATE_DICT_TYPE": "FULL_STATE_DICT"}, None, False, []),  # whole model: saved
+        ({"FSDP_VERSION": "2"}, None, True, [SHARDED_STATE_DICT]),  # accelerate's default for FSDP2
+        ({}, {"version": 1, "state_dict_type": "SHARDED_STATE_DICT"}, True,  # train.py --fsdp --fsdp_config
+         [FSDP1_WITH_AN_ADAPTER, SHARDED_STATE_DICT]),
+        ({}, {}, True, []),  # transformers' defaults: FSDP2, FULL_STATE_DICT
+    ],
+    ids=["fsdp1-sharded", "fsdp1", "fsdp1-full-model", "fsdp2-default", "fsdp_config", "fsdp_config-default"],
+)  # fmt: skip
+def test_fsdp_settings_that_lose_the_adapter_are_refused_before_training(
+    tmp_path, monkeypatch, tiny_model_dir, tiny_dataset_dir, environment, fsdp_config, use_peft, refused
+):
+    """Found with 2 processes: FSDP1 trains but saves an adapter with 0 tensors (PEFT strips only a leading
+    ``_fsdp_wrapped_module.`` from the names); with SHARDED_STATE_DICT the Trainer's save_model writes nothing, so
+    no checkpoint holds the adapter (nor could a finished run's final save be taken from one)."""
+    model_args = ModelArguments(str(tiny_model_dir), use_peft=use_peft)
+    script_args = ScriptArguments(str(tiny_dataset_dir))
+    for key in ("ACCELERATE_USE_FSDP", "FSDP_VERSION", "FSDP_STATE_DICT_TYPE"):
+        monkeypatch.delenv(key, raising=False)
+    fsdp = {"fsdp": "full_shard auto_wrap", "fsdp_config": fsdp_config} if fsdp_config is not None else {}
+    config = TrainConfig(output_dir=str(tmp_path), use_cpu=False, **fsdp)
+    if environment:
+        monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    for key, value in environment.items():
+        monkeypatch.setenv(key, value)
+    if not refused:
+        training.validate(model_args, script_args, config)
+        return
+    with pytest.raises(InputError) as error:
+        training.validate(model_args, script_args, config)
+    assert str(error.value) == "invalid options:\n  - " + "\n  - ".join(refused)
+
+
+@pytest.mark.parametrize("variable", ["ACCELERATE_USE_FSDP", "ACCELERATE_USE_DEEPSPEED"])
+def test_pause_tokens_on_a_tied_output_layer_are_refused_under_fsdp_and_zero3(
+    tmp_path, monkeypatch, tiny_model_dir, untied_tiny_model_dir, variable
+):
+    """Tied input and output rows of the pause tokens: FSDP2 fails in accelerate before the first step (the two
+    PEFT wrappers of the shared rows land in different FSDP groups), ZeRO-3 at the first step (TRL's fused LM head
+    gathers a tensor, not a parameter): refused once the model is loaded, naming the ways out. An untied model
+    trains (the slow test above)."""
+    monkeypatch.delenv("ACCELERATE_USE_FSDP", raising=False)
+    config = TrainConfig(output_dir=str(tmp_path), use_cpu=False)
+    if variable == "ACCELERATE_USE_FSDP":
+        monkeypatch.setenv(variable, "true")
+    else:  # what transformers says once the TrainingArguments have read a ZeRO-3 config
+        monkeypatch.setattr(distributed, "deepspeed_zero3_enabled", lambda: True)
+    with pytest.raises(InputError) as error:
+        training.load_for_training(ModelArguments(str(tiny_model_dir), pause_tokens=2), config)
+    assert str(error.value) == (
+        f"--pause_tokens 2 with FSDP or DeepSpeed ZeRO-3: {tiny_model_dir} ties its output layer to its input "
+        "embedding (tie_word_embeddings), and the pause rows PEFT trains in both cannot be sharded (accelerate 1.16 "
+        "puts the two in different FSDP groups and fails; under ZeRO-3 TRL 1.16's fused LM head cannot gather "
+        "them); train with DDP (configs/accelerate/ddp.yaml) or on one GPU, or drop --pause_tokens"
+    )
+    if variable == "ACCELERATE_USE_FSDP":  # an untied model loads (and would shard: the slow test above)
+        loaded = training.load_for_training(ModelArguments(str(untied_tiny_model_dir), pause_tokens=2), config)
+        assert loaded.pause_ids == [49152, 49153]
