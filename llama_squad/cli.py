@@ -32,6 +32,17 @@ def setup_logging(level: int = logging.INFO) -> None:
     logging.basicConfig(level=level, format=log_format(), datefmt=DATE_FORMAT, stream=sys.stderr)
     for noisy in ("httpx", "urllib3", "filelock", "fsspec"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # accelerate imports DeepSpeed wherever it is installed, which warns on every start of a machine without a GPU
+    # that it "was unable to detect" one; a warning worth keeping where there is a GPU to detect
+    logging.getLogger("DeepSpeed").addFilter(_no_gpu_to_detect)
+
+
+def _no_gpu_to_detect(record: logging.LogRecord) -> bool:
+    if not record.getMessage().startswith("Setting accelerator to CPU"):
+        return True
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def tag_logs_with_rank(rank: int) -> None:

@@ -192,3 +192,31 @@ def test_two_processes_score_as_one(tmp_path, tiny_model_dir, tiny_dataset_dir):
     scores = [[{k: e[k] for k in SQUAD_METRICS} | {"step": e["step"]} for e in task_entries(d)] for d in (two, one)]
     assert [e["step"] for e in scores[0]] == [0, 2, 4]
     assert scores[0] == scores[1]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("engine", ["fsdp2", "zero3"])
+def test_a_sharded_model_scores_as_one_process(engine, tmp_path, tiny_model_dir, tiny_dataset_dir):
+    """FSDP2 or DeepSpeed ZeRO-3 from the shipped config, 2 CPU processes (tests/launch_on_cpu.py): every process
+    takes part in every generate call of the sharded model, answers its share of the questions, and the gathered
+    scores of every evaluation (the base model's before the first step, then the trained one's) equal a 1-process
+    run's of the same steps."""
+    import importlib.util
+
+    from test_distributed import ENGINE_CONFIGS, assert_ok, run_sharded, sharded_args, sharded_launch
+
+    if engine == "zero3" and importlib.util.find_spec("deepspeed") is None:
+        pytest.fail('DeepSpeed is not installed: pip install -e ".[deepspeed]" (make test installs it)')
+    extra = ("--eval_strategy", "steps", "--eval_steps", "2", "--eval_on_start", "true", "--eval_questions", "4",
+             "--max_new_tokens", "6", "--force_answer", "--per_device_eval_batch_size", "2")  # fmt: skip
+    sharded = tmp_path / engine
+    assert_ok(run_sharded(sharded_launch(ENGINE_CONFIGS[engine], *sharded_args(tiny_model_dir, tiny_dataset_dir,
+                                                                                sharded, *extra))))  # fmt: skip
+    one = tmp_path / "one"
+    one_argv = [*sharded_args(tiny_model_dir, tiny_dataset_dir, one, *extra), "--gradient_accumulation_steps", "4"]
+    assert train.main(one_argv) == 0  # the same examples per step: 2 per device x 4 accumulation steps
+    scores = [
+        [{k: e[k] for k in SQUAD_METRICS} | {"step": e["step"]} for e in task_entries(d)] for d in (sharded, one)
+    ]
+    assert [e["step"] for e in scores[0]] == [0, 2, 4]
+    assert scores[0] == scores[1]
