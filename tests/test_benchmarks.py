@@ -108,3 +108,70 @@ def test_table_titles_line_up_with_their_values(monkeypatch, capsys):
         "  arm       tok/s",
         "  base          1",
     ]
+
+
+GPU_CHECK_STEPS = ["train_recipes", "qlora_1b", "lora_mfu_8b", "fsdp2_smoke", "zero3_smoke", "generation"]
+
+
+def importable(module: str) -> bool:
+    try:
+        importlib.import_module(module)
+    except Exception:  # not installed, or its native parts fail to load: the check skips that step too
+        return False
+    return True
+
+
+@pytest.mark.slow
+def test_gpu_check_dry_run_records_every_step_with_figures_or_why_not(tmp_path, squad_dev, smollm2_tokenizer_dir):
+    """benchmarks/gpu_check.py --dry_run: every step at tiny sizes on this CPU, each in the JSON with its figures, or
+    skipped for the one reason this machine gives (FSDP shards nothing on a CPU; no deepspeed; no bitsandbytes)."""
+    import json
+    import subprocess
+    import sys
+
+    import torch
+
+    require(smollm2_tokenizer_dir, "the tiny models' tokenizer")
+    out = tmp_path / "gpu_check.json"
+    command = [sys.executable, str(BENCHMARKS / "gpu_check.py"), "--dry_run", "--json_out", str(out)]
+    done = subprocess.run(command, cwd=BENCHMARKS.parent, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-4000:]
+    report = json.loads(out.read_text())
+    assert report["dry_run"] and "--dry_run" in report["command"]
+    assert report["versions"]["torch"] == torch.__version__ and report["device"]
+    steps = report["steps"]
+    assert list(steps) == GPU_CHECK_STEPS
+    expected_skips = {"fsdp2_smoke"} if not torch.cuda.is_available() else set()
+    expected_skips |= {"zero3_smoke"} if not importable("deepspeed") else set()
+    expected_skips |= {"qlora_1b"} if not importable("bitsandbytes") else set()
+    assert {name: step["status"] for name, step in steps.items()} == {
+        name: "skipped" if name in expected_skips else "ok" for name in GPU_CHECK_STEPS
+    }, {name: step.get("reason") or step.get("error") for name, step in steps.items()}
+    assert all(steps[name]["reason"] and steps[name]["seconds"] > 0 for name in expected_skips)
+
+    recipes = steps["train_recipes"]
+    ours, original = recipes["arms"]["ours"], recipes["arms"]["original"]
+    assert ours["tokens_per_s"] > 0 and original["tokens_per_s"] > 0
+    assert recipes["ratio_tokens_per_s"] == ours["tokens_per_s"] / original["tokens_per_s"]
+    # the two recipes as configs/ gives them: ours pads each batch to its longest row, the original to max_length
+    assert (ours["lora"], original["lora"]) == (
+        {"r": 64, "alpha": 128, "dropout": 0.05},
+        {"r": 64, "alpha": 16, "dropout": 0.1},
+    )
+    assert (ours["gradient_checkpointing"], original["gradient_checkpointing"]) == (False, True)
+    assert original["padding_fraction"] > ours["padding_fraction"]
+    assert ours["non_pad_tokens"] == original["non_pad_tokens"]  # the same examples
+    if "qlora_1b" not in expected_skips:
+        qlora = steps["qlora_1b"]
+        assert qlora["quantization"] == "4bit" and qlora["tokens_per_s"] > 0 and qlora["peak_memory_bytes"] > 0
+    mfu = steps["lora_mfu_8b"]
+    assert mfu["tokens_per_s"] > 0 and mfu["parameters"] > mfu["linear_parameters"] > 0
+    if not torch.cuda.is_available():  # no known peak FLOP/s: no MFU, and it says why
+        assert mfu["mfu"] is None and "no bf16 peak" in mfu["mfu_note"]
+    for name in ("fsdp2_smoke", "zero3_smoke"):
+        if name not in expected_skips:
+            assert steps[name]["adapter_whole"] and steps[name]["engine_files"]
+            assert steps[name]["adapter_tensors_saved"] == steps[name]["adapter_tensors_expected"] > 0
+    generation = steps["generation"]
+    assert generation["questions"] == 4 and generation["split_questions"] == 3856
+    assert generation["questions_per_s"] > 0

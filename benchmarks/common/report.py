@@ -1,6 +1,7 @@
 """The figures out: quieting the libraries, tables, ratios against the baseline of the same run, JSON."""
 
 import json
+import os
 import re
 from pathlib import Path
 
@@ -59,6 +60,9 @@ def gib(n: int) -> str:
 
 
 def write_json(path: str | Path, payload: dict) -> None:
-    """Write the figures to ``path`` (indented JSON) and say so."""
-    Path(path).write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
+    """Write the figures to ``path`` (indented JSON; atomically: a crash leaves the previous file, never half of one)
+    and say so."""
+    partial = Path(f"{path}.partial")
+    partial.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
+    os.replace(partial, path)
     print(f"wrote {path}")

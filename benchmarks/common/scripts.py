@@ -46,11 +46,13 @@ def train_argv(args, data_dir: Path, output_dir: Path, batch_size: int, accumula
     return argv
 
 
-def run_processes(argv: list[str], result_file: Path, processes: int = 1, threads: int | None = None) -> list[dict]:
+def run_processes(
+    argv: list[str], result_file: Path, processes: int = 1, threads: int | None = None, timeout: float | None = None
+) -> list[dict]:
     """Run the Python script ``argv`` in a fresh process, or in ``processes`` local processes (accelerate launch:
     torchrun underneath; DDP over gloo without a GPU, where the Trainer trains on the CPU, over NCCL with one GPU
-    each), each with ``threads`` threads (OMP_NUM_THREADS) when given; the figures each process wrote to its
-    :func:`rank_file`."""
+    each), each with ``threads`` threads (OMP_NUM_THREADS) when given, killed after ``timeout`` seconds
+    (``subprocess.TimeoutExpired``); the figures each process wrote to its :func:`rank_file`."""
     env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
     if threads is not None:
         env["OMP_NUM_THREADS"] = str(threads)
@@ -65,7 +67,7 @@ def run_processes(argv: list[str], result_file: Path, processes: int = 1, thread
         launch += ["-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(processes)]
         launch += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
         launch += ["--num_cpu_threads_per_process", str(threads), "--main_process_port", str(port)]
-    subprocess.run([*launch, *argv], check=True, env=env)
+    subprocess.run([*launch, *argv], check=True, env=env, timeout=timeout)
     return [json.loads(rank_file(result_file, k).read_text(encoding="utf-8")) for k in range(processes)]
 
 
