@@ -134,7 +134,7 @@ def test_gpu_check_dry_run_records_every_step_with_figures_or_why_not(tmp_path, 
     require(smollm2_tokenizer_dir, "the tiny models' tokenizer")
     out = tmp_path / "gpu_check.json"
     command = [sys.executable, str(BENCHMARKS / "gpu_check.py"), "--dry_run", "--json_out", str(out)]
-    done = subprocess.run(command, cwd=BENCHMARKS.parent, capture_output=True, text=True, timeout=900)
+    done = subprocess.run(command, cwd=BENCHMARKS.parent, capture_output=True, text=True, timeout=1800)
     assert done.returncode == 0, done.stderr[-4000:]
     report = json.loads(out.read_text())
     assert report["dry_run"] and "--dry_run" in report["command"]
