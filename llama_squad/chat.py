@@ -15,6 +15,9 @@ dataset the model was trained on), and answered by test.py's model loading and G
 test.py's answer (greedy). Tokens are shown as they come.
 """
 
+# ~470 lines on purpose: the terminal and the page are two faces of one Chat (the same prompts, loading and
+# answers); apart they would share every name.
+
 import logging
 import os
 import sys

@@ -6,6 +6,9 @@ train.py calls it at the end of a run. After test.py, refresh the cards with its
         --push_adapter you/smollm2-squad-lora
 """
 
+# ~490 lines on purpose: merging, the card and the pushes are the one call train.py, test.py and this CLI share;
+# the card is most of it.
+
 import argparse
 import json
 import logging
