@@ -55,6 +55,9 @@ from the same base and LoRA options on the meta device, each with its full shape
 from its zero start.
 """
 
+# ~660 lines on purpose: one prepared device command whose six steps share the machine record, the budgets and the
+# JSON written after each step; split up, the GPU run would need six files carried and kept in step.
+
 import argparse
 import json
 import subprocess
